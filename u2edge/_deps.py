@@ -1,0 +1,36 @@
+"""Lazy imports of the heavy optional dependencies, with the exact command that installs each."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+# module name -> (what it is for, how to install it)
+_HINTS: dict[str, tuple[str, str]] = {
+    "torch": (
+        "PyTorch models and export",
+        "pip install 'u2edge[export]' (desktop, CPU: pip install torch==2.13.0; "
+        "Jetson: NVIDIA's JetPack torch wheel)",
+    ),
+    "onnx": ("ONNX graph editing and export", "pip install 'u2edge[export]'"),
+    "onnxruntime": ("the ONNX Runtime backend", "pip install onnxruntime (Jetson: onnxruntime-gpu from NVIDIA's Jetson Zoo)"),
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise ``MissingDependencyError`` naming the install command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        purpose, install = _HINTS.get(module, ("this feature", f"pip install {module}"))
+        raise MissingDependencyError(
+            f"{module} is required for {purpose} but cannot be imported ({exc}); install it with: {install}"
+        ) from exc
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` can be found, without importing it."""
+    return importlib.util.find_spec(module) is not None

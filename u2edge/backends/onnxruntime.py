@@ -1,0 +1,58 @@
+"""ONNX Runtime backend: any U-2-Net ONNX, the official one included."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .._deps import require
+from ..errors import ModelFormatError
+from ..processing import Preprocessing
+from .base import Backend
+
+__all__ = ["OnnxRuntimeBackend"]
+
+
+class OnnxRuntimeBackend(Backend):
+    suffixes = (".onnx",)
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None,
+                 threads: int | None = None) -> None:
+        ort = require("onnxruntime")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFormatError(f"cannot load {path} with ONNX Runtime ({first}); "
+                                   "the file is corrupt or not an ONNX model") from exc
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        shape = inputs[0].shape if len(inputs) == 1 else None
+        if shape is None or len(shape) != 4 or shape[1] != 3 or not isinstance(shape[2], int) \
+                or shape[2] != shape[3]:
+            got = [(i.name, i.shape) for i in inputs]
+            raise ModelFormatError(f"{Path(path).name} is not a U-2-Net graph: inputs {got}, "
+                                   "expected one (N, 3, S, S) image input")
+        names = [o.name for o in outputs]
+        self._input = inputs[0].name
+        self._output = "mask" if "mask" in names else names[0]
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.preprocessing = Preprocessing.from_metadata(meta, imgsz=shape[2])
+        self.batch_size = shape[0] if isinstance(shape[0], int) else None
+        self.providers = self._session.get_providers()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        out = self._session.run([self._output], {self._input: batch})[0]
+        return out.reshape(out.shape[0], out.shape[-2], out.shape[-1])
+
+    def describe(self) -> str:
+        return f"onnxruntime ({', '.join(self.providers)})"
+
+    def close(self) -> None:
+        self._session = None

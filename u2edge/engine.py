@@ -1,0 +1,66 @@
+"""``U2EdgeEngine``: one object, one call per frame, a mask back."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .backends import Backend, open_backend
+from .processing import postprocess, preprocess
+from .weights import default_onnx
+
+__all__ = ["U2EdgeEngine"]
+
+log = logging.getLogger("u2edge")
+
+
+class U2EdgeEngine:
+    """Salient-object masks from any U-2-Net model file.
+
+    ``path`` picks the backend by suffix (``.onnx`` ONNX Runtime, ``.pth``/``.pt`` PyTorch);
+    None means the official U2-NetP, fetched once into the user cache. ``engine(frame)`` takes an
+    HxWx3 uint8 BGR frame (RGB with ``rgb=True``) and returns a new HxW float32 mask in [0, 1].
+
+        with U2EdgeEngine() as engine:
+            mask = engine(cv2.imread("photo.jpg"))
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, max_batch: int = 8, **backend_options) -> None:
+        self.path = default_onnx() if path is None else path
+        self.backend: Backend = open_backend(self.path, **backend_options)
+        self.preprocessing = self.backend.preprocessing
+        # a fixed-batch model runs exactly that many frames at once; a dynamic one up to max_batch
+        self.max_batch = self.backend.batch_size or max_batch
+        log.debug("opened %s with %s", self.path, self.backend.describe())
+
+    def __call__(self, frame: np.ndarray, *, rgb: bool = False) -> np.ndarray:
+        return self.batch([frame], rgb=rgb)[0]
+
+    def batch(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> list[np.ndarray]:
+        """Masks for frames of any sizes, in order; frames run ``max_batch`` at a time."""
+        size = self.preprocessing.imgsz
+        masks: list[np.ndarray] = []
+        for start in range(0, len(frames), self.max_batch):
+            chunk = frames[start:start + self.max_batch]
+            rows = self.backend.batch_size or len(chunk)
+            inputs = np.zeros((rows, 3, size, size), np.float32)  # a fixed batch is padded
+            for i, frame in enumerate(chunk):
+                preprocess(frame, self.preprocessing, rgb=rgb, out=inputs[i])
+            preds = self.backend.infer(inputs)
+            masks.extend(postprocess(pred, *frame.shape[:2]) for pred, frame in zip(preds, chunk))
+        return masks
+
+    def describe(self) -> str:
+        return f"{self.backend.describe()} on {os.fspath(self.path)} ({self.preprocessing.imgsz}px)"
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "U2EdgeEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
