@@ -93,7 +93,7 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
     graph.save_atomic(proto, output)
     max_error = _verify(output, run_reference, imgsz, batch, len(names))
     seconds = time.perf_counter() - start
-    log.info("exported %s (%s, via %s) max abs error %.2e against %s", output, arch, via, max_error, reference)
+    log.debug("exported %s (%s, via %s) max abs error %.2e against %s", output, arch, via, max_error, reference)
     return ExportResult(output, arch, source, via, reference, max_error, graph.OPSET, seconds)
 
 

@@ -18,26 +18,31 @@ __all__ = ["IMAGE_SUFFIXES", "expand_inputs", "read_image", "to_bgr8", "write_im
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and globs -> image paths, in order, without repeats."""
+def expand_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, sorted) and globs -> (image paths in order without repeats,
+    one problem line per input that names nothing)."""
     found: list[Path] = []
+    problems: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += images
+            if not images:
+                problems.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         elif path.exists():
             found.append(path)
         elif glob.has_magic(item):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-            if not matches:
-                raise ImageError(f"no files match {item!r}")
             found += matches
+            if not matches:
+                problems.append(f"{item}: no files match")
         else:
-            raise ImageError(f"input not found: {item}")
+            problems.append(f"{item}: no such file or folder")
     unique: dict[Path, Path] = {}
     for path in found:
         unique.setdefault(path.resolve(), path)
-    return list(unique.values())
+    return list(unique.values()), problems
 
 
 def to_bgr8(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,49 @@
+"""The ``u2edge`` command: one module per subcommand, each with ``add_arguments`` and ``run``.
+
+A ``U2EdgeError`` becomes one line on stderr and exit code 1; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import U2EdgeError
+from .options import logging_options, setup_logging
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS = ("image", "export", "info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="u2edge", description="U-2-Net salient-object masks and background removal on NVIDIA edge "
+        "hardware, with an ONNX Runtime CPU fallback.")
+    parser.add_argument("--version", action="version", version=f"u2edge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = logging_options()
+    for name in COMMANDS:
+        module = importlib.import_module(f".{name}", __name__)
+        doc = module.__doc__.strip()
+        sub = commands.add_parser(name, help=doc.splitlines()[0], description=doc, parents=[common],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return args.run(args)
+    except U2EdgeError as exc:
+        print(f"u2edge: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("u2edge: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,118 @@
+"""Cut out or mask images: files, folders or globs -> OUTDIR/<name>.png.
+
+Examples:
+  u2edge image photo.jpg -o out/                    # out/photo.png, 8-bit mask
+  u2edge image photos/ -o out/ --mode cutout        # RGBA cutouts
+  u2edge image 'shots/*.jpg' -o out/ --bg-color '#00ff00'
+  u2edge image photo.jpg -o out/ --bg-blur 31 --engine u2netp.onnx
+
+Inputs are never overwritten, every output is written atomically, and an unreadable input is
+reported on one line while the others go on (the exit code is then 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from ..engine import U2EdgeEngine
+from ..errors import ImageError, U2EdgeError
+from ..images import expand_inputs, read_image, write_image
+from ..render import Background, Mode, parse_color, render
+from .options import add_engine_option, add_json_option, add_render_options, print_json
+from .progress import Progress
+
+log = logging.getLogger("u2edge")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the PNG outputs")
+    add_engine_option(parser)
+    add_render_options(parser)
+    add_json_option(parser)
+
+
+def resolve_rendering(args: argparse.Namespace) -> tuple[Mode, Background | None]:
+    """The mode and background the options ask for; --bg-* implies the background mode."""
+    background = None
+    if args.bg_color is not None:
+        background = Background(color=parse_color(args.bg_color))
+    elif args.bg_image is not None:
+        background = Background(image=read_image(args.bg_image))
+    elif args.bg_blur is not None:
+        if args.bg_blur < 1:
+            raise U2EdgeError(f"--bg-blur {args.bg_blur} must be a positive kernel size, such as 31")
+        background = Background(blur=args.bg_blur)
+    mode = Mode(args.mode) if args.mode else (Mode.BACKGROUND if background else Mode.MASK)
+    if background is not None and mode is not Mode.BACKGROUND:
+        raise U2EdgeError(f"--bg-color/--bg-image/--bg-blur need --mode background, not --mode {mode.value}")
+    if mode is Mode.BACKGROUND and background is None:
+        raise U2EdgeError("--mode background needs --bg-color, --bg-image or --bg-blur")
+    return mode, background
+
+
+def plan_outputs(inputs: list[Path], outdir: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Pairs (input, output) and one problem line for each input that cannot be written safely."""
+    sources = {p.resolve() for p in inputs}
+    taken: dict[Path, Path] = {}
+    jobs, problems = [], []
+    for path in inputs:
+        out = outdir / f"{path.stem}.png"
+        key = out.resolve()
+        if key in sources:
+            problems.append(f"{path}: its output {out} is an input; refusing to overwrite it (choose another -o)")
+        elif key in taken:
+            problems.append(f"{path}: its output {out} is already the output of {taken[key]}; rename one of them")
+        else:
+            taken[key] = path
+            jobs.append((path, out))
+    return jobs, problems
+
+
+def run(args: argparse.Namespace) -> int:
+    mode, background = resolve_rendering(args)
+    paths, problems = expand_inputs(args.inputs)
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise U2EdgeError(f"-o {outdir} is a file; give a folder for the outputs")
+    outdir.mkdir(parents=True, exist_ok=True)
+    jobs, unsafe = plan_outputs(paths, outdir)
+    problems += unsafe
+    for line in problems:
+        log.error("%s", line)
+    results = []
+    if jobs:
+        with U2EdgeEngine(args.engine) as engine:
+            log.debug("engine: %s", engine.describe())
+            progress = Progress(len(jobs), "image", enabled=not args.quiet)
+            started = time.perf_counter()
+            for path, out in jobs:
+                t0 = time.perf_counter()
+                try:
+                    frame = read_image(path)
+                except ImageError as exc:
+                    log.error("%s", exc)
+                    problems.append(str(exc))
+                    progress.step(path.name)
+                    continue
+                write_image(out, render(frame, engine(frame), mode, background))
+                results.append({"input": str(path), "output": str(out), "height": frame.shape[0],
+                                "width": frame.shape[1], "seconds": round(time.perf_counter() - t0, 4)})
+                progress.step(path.name)
+            progress.close()
+            total = time.perf_counter() - started
+    else:
+        total = 0.0
+    summary = {"written": len(results), "failed": len(problems), "outdir": str(outdir), "mode": mode.value,
+               "seconds": round(total, 3),
+               "seconds_per_image": round(total / len(results), 4) if results else None,
+               "images": results, "errors": problems}
+    if args.json:
+        print_json(summary)
+    elif not args.quiet:
+        per = f" ({summary['seconds_per_image'] * 1000:.0f} ms/image)" if results else ""
+        print(f"{len(results)} written to {outdir} in {total:.1f} s{per}, {len(problems)} failed")
+    return 1 if problems else 0

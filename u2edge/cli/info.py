@@ -1,0 +1,50 @@
+"""Show versions, usable backends and execution providers, GPU/TensorRT presence and OpenCV video I/O.
+
+Example:
+  u2edge info            # a table
+  u2edge info --json     # the same, machine-readable
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..info import collect
+from .options import add_json_option, print_json, print_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_json_option(parser)
+
+
+def _yes(value) -> str:
+    return "yes" if value else "no"
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        print_json(info)
+        return 0
+    cv, ort = info["opencv"], info["onnxruntime"]
+    missing = "not installed"
+    rows = [
+        ("u2edge", info["u2edge"]),
+        ("python", f"{info['python']} ({info['platform']})"),
+        ("numpy", info["numpy"] or missing),
+        ("opencv", f"{cv['version']} (GStreamer {_yes(cv.get('gstreamer'))}, V4L2 {_yes(cv.get('v4l2'))}, "
+                   f"FFmpeg {_yes(cv.get('ffmpeg'))}, GUI {cv.get('gui') or 'none'})" if cv["version"] else missing),
+        ("onnxruntime", f"{ort['version']} (providers: {', '.join(ort['providers'])})" if ort["version"] else missing),
+        ("torch", info["torch"] or f"{missing} (needed for .pth models and torch export)"),
+        ("onnx", info["onnx"] or f"{missing} (needed for export)"),
+        ("tensorrt", info["tensorrt"] or missing),
+        ("tensorrt_rtx", info["tensorrt_rtx"] or missing),
+        ("cuda-python", info["cuda_python"] or missing),
+        ("pycuda", info["pycuda"] or missing),
+        ("gpus", ", ".join(info["gpus"]) or "none found"),
+        ("backends", ", ".join(f"{s} -> {m}" for s, m in info["backends"].items())),
+        ("default model", f"{info['default_weights']['path']} "
+                          f"({'cached' if info['default_weights']['cached'] else 'fetched on first use'})"),
+    ]
+    print_table(rows)
+    return 0
