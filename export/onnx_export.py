@@ -84,7 +84,8 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
         proto, reference, run_reference = _from_torch(source, arch, imgsz, batch, all_outputs)
         via = "torch"
     names = OUTPUT_NAMES if all_outputs else OUTPUT_NAMES[:1]
-    graph.set_metadata(proto, Preprocessing(imgsz=imgsz).to_metadata() | {
+    graph.set_metadata(proto, {
+        **Preprocessing(imgsz=imgsz).to_metadata(),
         METADATA_PREFIX + "arch": arch,
         METADATA_PREFIX + "outputs": ",".join(names),
         METADATA_PREFIX + "source_sha256": sha256_file(source),

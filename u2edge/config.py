@@ -72,11 +72,11 @@ def rsu_convs(height: int, in_ch: int, mid_ch: int, out_ch: int, dilated: bool) 
 
 def side_channels(config: tuple[Stage, ...]) -> dict[int, int]:
     """Input channels of side k: decoder stage k (k = 1..5) or encoder stage 6."""
-    channels = {int(s.name[5]): s.out_ch for s in config[6:]} | {6: config[5].out_ch}
+    channels = {**{int(s.name[5]): s.out_ch for s in config[6:]}, 6: config[5].out_ch}
     return dict(sorted(channels.items()))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def conv_layout(arch: str) -> tuple[Conv, ...]:
     """Every conv of ``arch`` in definition order, which is also execution order."""
     config = CONFIGS[arch]

@@ -129,6 +129,9 @@ class U2Net(nn.Module):
         and a checkpoint of the other architecture is refused with one clear line."""
         state = OrderedDict((k[7:] if k.startswith("module.") else k, v) for k, v in state_dict.items())
         _check_shapes(self.arch, {k: tuple(v.shape) for k, v in state.items()}, "checkpoint")
+        for key, value in self.state_dict().items():
+            if key.endswith("num_batches_tracked"):
+                state.setdefault(key, torch.zeros_like(value))
         return super().load_state_dict(state, strict=strict, assign=assign)
 
 
@@ -137,20 +140,23 @@ def _shapes(arch: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in U2Net(CONFIGS[arch]).state_dict().items()}
 
 
+def _trainable(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")}
+
+
 def _check_shapes(arch: str, got: dict[str, tuple[int, ...]], what: str) -> None:
-    """Raise WeightsError unless ``got`` (parameter name -> shape) is exactly ``arch``'s."""
-    want = _shapes(arch)
+    """Raise WeightsError unless ``got`` (parameter name -> shape) is ``arch``'s; checkpoints saved
+    before BatchNorm tracked its batch count (no ``num_batches_tracked``) are accepted."""
+    want = _trainable(_shapes(arch))
+    got = _trainable(got)
     if got == want:
         return
     for other in CONFIGS:
-        if other != arch and {k: v for k, v in got.items() if k in want} == \
-                {k: v for k, v in _shapes(other).items() if k in got}:
+        if other != arch and got == _trainable(_shapes(other)):
             raise wrong_arch_error(arch, other, what)
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
     wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
-    if missing == [k for k in want if k.endswith("num_batches_tracked")] and not unexpected and not wrong:
-        return  # old checkpoints were saved before BatchNorm tracked its batch count
     detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
                        for label, keys in (("missing", missing), ("unexpected", unexpected),
                                            ("wrong shape", wrong)) if keys)

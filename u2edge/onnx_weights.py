@@ -66,7 +66,7 @@ def import_onnx_weights(model, path: str | Path):
         raise wrong_arch_error(model.arch, arch, "ONNX")
     modules = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
-        for module, (weight, bias, _) in zip(modules, convs, strict=True):
+        for module, (weight, bias, _) in zip(modules, convs):
             module.weight.copy_(torch.from_numpy(weight.copy()))
             module.bias.copy_(torch.from_numpy(bias.copy()))
         for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):

@@ -1,0 +1,95 @@
+"""Session fixtures for the expensive things: the official weights, real photos, a PyTorch model
+with the official weights, and exports of it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from u2edge import U2EdgeEngine
+from u2edge.images import read_image
+from u2edge.weights import default_onnx
+
+DATA = Path(__file__).parent / "data"
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+
+
+def run_cli(*args: str, check_rc: int | None = 0, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m u2edge ARGS`` in a subprocess, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "u2edge", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kwargs)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def photo_dir() -> Path:
+    data = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos: pip install -e '.[dev]'")
+    return Path(data.__file__).parent
+
+
+@pytest.fixture(scope="session")
+def photo_paths(photo_dir) -> list[Path]:
+    return [photo_dir / name for name in PHOTOS]
+
+
+@pytest.fixture(scope="session")
+def photos(photo_paths) -> dict[str, np.ndarray]:
+    """Real photos as HxWx3 uint8 BGR, by file name."""
+    return {p.name: read_image(p) for p in photo_paths}
+
+
+@pytest.fixture(scope="session")
+def official_onnx() -> Path:
+    return default_onnx("u2netp")
+
+
+@pytest.fixture(scope="session")
+def engine(official_onnx) -> U2EdgeEngine:
+    with U2EdgeEngine(official_onnx) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="session")
+def official_model(official_onnx):
+    pytest.importorskip("torch", reason="PyTorch is needed: pip install torch==2.13.0 -e '.[export]'")
+    from u2edge.model import u2netp
+
+    return u2netp(weights=official_onnx)
+
+
+@pytest.fixture(scope="session")
+def official_checkpoint(official_model, tmp_path_factory) -> Path:
+    """The official U2-NetP saved as a u2edge checkpoint (.pth)."""
+    from u2edge.model import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "u2netp_official.pth"
+    save_checkpoint(official_model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def torch_export(official_checkpoint, tmp_path_factory):
+    """Our own torch.onnx export of the official U2-NetP, dynamic batch."""
+    from u2edge.export import export_onnx
+
+    return export_onnx(tmp_path_factory.mktemp("export") / "u2netp_torch.onnx",
+                       weights=official_checkpoint, batch=None)
+
+
+def official_input(frame_bgr: np.ndarray) -> np.ndarray:
+    """The official recipe written out independently (PIL LANCZOS resize, as rembg does):
+    RGB, 320x320, divide by max, ImageNet mean/std -> 1x3x320x320 float32."""
+    from PIL import Image
+
+    rgb = Image.fromarray(np.ascontiguousarray(frame_bgr[:, :, ::-1])).resize((320, 320), Image.LANCZOS)
+    x = np.asarray(rgb, np.float32)
+    x = x / x.max()
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    return x.transpose(2, 0, 1)[None].astype(np.float32)

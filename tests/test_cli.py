@@ -1,0 +1,216 @@
+"""The CLI through subprocesses, as a user runs it: outputs, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import PHOTOS, run_cli
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def only_base_dependencies(*argv: str) -> subprocess.CompletedProcess:
+    """Run the CLI in a process where torch and onnx cannot be imported."""
+    code = ("import sys\nfor m in ('torch', 'onnx', 'tensorrt', 'tensorrt_rtx'): sys.modules[m] = None\n"
+            f"from u2edge.cli import main\nsys.exit(main({list(argv)!r}))\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_help_works_with_only_base_dependencies():
+    top = only_base_dependencies("--help")
+    assert top.returncode == 0 and "image" in top.stdout and "export" in top.stdout
+    for command in ("image", "export", "info"):
+        proc = only_base_dependencies(command, "--help")
+        assert proc.returncode == 0, proc.stderr
+        assert "Example" in proc.stdout
+
+
+def test_unknown_options_are_errors(tmp_path):
+    proc = run_cli("image", "x.jpg", "-o", tmp_path, "--no-such-flag", check_rc=2)
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr
+
+
+def test_masks_for_a_folder(tmp_path, photo_paths):
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in photo_paths:
+        shutil.copy(p, src)
+    proc = run_cli("image", src, "-o", tmp_path / "out", "--json")
+    summary = json.loads(proc.stdout)
+    assert summary["written"] == len(PHOTOS) and summary["failed"] == 0
+    for p in photo_paths:
+        out = tmp_path / "out" / f"{p.stem}.png"
+        mask = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+        assert mask.ndim == 2 and mask.dtype == np.uint8
+        assert mask.shape == cv2.imread(str(p)).shape[:2]
+        assert 0.01 < (mask > 127).mean() < 0.95  # the rocket covers 2%
+        assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_cutout_and_background_modes(tmp_path, photo_paths, engine, photos):
+    astronaut = photo_paths[0]
+    run_cli("image", astronaut, "-o", tmp_path / "cut", "--mode", "cutout")
+    cut = cv2.imread(str(tmp_path / "cut" / "astronaut.png"), cv2.IMREAD_UNCHANGED)
+    assert cut.shape == (512, 512, 4)
+    want = np.rint(engine(photos[astronaut.name]) * 255)
+    assert np.abs(cut[:, :, 3].astype(int) - want).max() <= 1
+    run_cli("image", astronaut, "-o", tmp_path / "green", "--bg-color", "0,255,0")
+    green = cv2.imread(str(tmp_path / "green" / "astronaut.png"))
+    assert green.shape == (512, 512, 3) and (green[cut[:, :, 3] == 0] == (0, 255, 0)).all()
+    run_cli("image", astronaut, "-o", tmp_path / "bg", "--bg-image", photo_paths[2])
+    run_cli("image", "--bg-blur", "21", astronaut, "-o", tmp_path / "blur")
+    assert (tmp_path / "bg" / "astronaut.png").exists() and (tmp_path / "blur" / "astronaut.png").exists()
+
+
+def test_conflicting_render_options_give_one_line(tmp_path, photo_paths):
+    proc = run_cli("image", photo_paths[0], "-o", tmp_path, "--mode", "mask", "--bg-color", "#000000", check_rc=1)
+    assert error_lines(proc) == ["u2edge: error: --bg-color/--bg-image/--bg-blur need --mode background, "
+                                 "not --mode mask"]
+    proc = run_cli("image", photo_paths[0], "-o", tmp_path, "--bg-color", "purple", check_rc=1)
+    assert len(error_lines(proc)) == 1 and "bad color 'purple'" in proc.stderr
+
+
+def test_bad_inputs_are_reported_and_the_rest_processed(tmp_path, photo_paths):
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    proc = run_cli("image", photo_paths[1], corrupt, text, tmp_path / "missing.png", "-o", tmp_path / "out",
+                   check_rc=1)
+    lines = error_lines(proc)
+    assert len(lines) == 3, lines
+    assert any("broken.jpg" in line and "not a readable image" in line for line in lines)
+    assert any("notes.png" in line and "not a readable image" in line for line in lines)
+    assert any("missing.png" in line and "no such file" in line for line in lines)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chelsea.png"]
+    assert "1 written" in proc.stdout and "3 failed" in proc.stdout
+
+
+def test_inputs_are_never_overwritten(tmp_path, photo_paths):
+    photo = tmp_path / "astronaut.png"
+    shutil.copy(photo_paths[0], photo)
+    before = photo.read_bytes()
+    proc = run_cli("image", photo, "-o", tmp_path, check_rc=1)
+    assert "refusing to overwrite" in proc.stderr
+    assert photo.read_bytes() == before
+    (tmp_path / "a").mkdir()
+    shutil.copy(photo_paths[0], tmp_path / "a" / "astronaut.jpg")
+    proc = run_cli("image", photo, tmp_path / "a" / "astronaut.jpg", "-o", tmp_path / "out", check_rc=1)
+    assert "already the output of" in proc.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["astronaut.png"]
+
+
+def test_export_errors_are_one_line(tmp_path):
+    proc = run_cli("export", "--imgsz", "330", "-o", tmp_path / "x.onnx", check_rc=1)
+    assert len(error_lines(proc)) == 1 and "multiple of 32" in proc.stderr
+    proc = run_cli("export", "--weights", tmp_path / "nope.pth", "-o", tmp_path / "x.onnx", check_rc=1)
+    assert error_lines(proc) == [f"u2edge: error: weights file not found: {tmp_path / 'nope.pth'}"]
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_cli(tmp_path):
+    proc = run_cli("export", "--dynamic-batch", "-o", tmp_path / "m.onnx")
+    assert "max abs error against the source ONNX" in proc.stdout
+    proc = run_cli("image", cv2_sample(tmp_path), "-o", tmp_path / "out", "--engine", tmp_path / "m.onnx")
+    assert (tmp_path / "out" / "sample.png").exists()
+
+
+def cv2_sample(tmp_path):
+    path = tmp_path / "sample.jpg"
+    import skimage.data
+
+    cv2.imwrite(str(path), skimage.data.coffee()[:, :, ::-1])
+    return path
+
+
+def test_info(tmp_path):
+    info = json.loads(run_cli("info", "--json").stdout)
+    assert info["onnxruntime"]["version"] and "CPUExecutionProvider" in info["onnxruntime"]["providers"]
+    assert set(info["opencv"]) >= {"version", "gstreamer", "v4l2"}
+    assert ".onnx" in info["backends"]
+    table = run_cli("info").stdout
+    assert "onnxruntime" in table and "GStreamer" in table and "tensorrt" in table
+
+
+@pytest.mark.slow
+def test_8000x8000_image_with_bounded_memory(tmp_path, photos):
+    big = cv2.resize(photos["astronaut.png"], (8000, 8000), interpolation=cv2.INTER_LINEAR)
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    del big
+    code = ("import resource, sys\nfrom u2edge.cli import main\n"
+            f"rc = main(['image', {str(path)!r}, '-o', {str(tmp_path / 'out')!r}, '--mode', 'cutout', '-q'])\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\nsys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    peak_mib = int(proc.stdout.split()[-1])
+    # frame 183 MiB + mask 244 MiB + BGRA 244 MiB + PNG buffer: about 1 GiB, never several
+    assert peak_mib < 1500, f"peak RSS {peak_mib} MiB"
+    out = cv2.imread(str(tmp_path / "out" / "big.png"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == (8000, 8000, 4)
+
+
+def test_full_disk_leaves_nothing_behind(tmp_path, photo_paths):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
+    try:
+        proc = run_cli("image", photo_paths[0], "-o", disk, "--mode", "cutout", check_rc=1)
+        assert error_lines(proc) == [f"u2edge: error: cannot write {disk / 'astronaut.png'}: the disk is full; "
+                                     "nothing was left behind"]
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_file_size_limit_leaves_nothing_behind(tmp_path, photo_paths):
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+    proc = run_cli("image", photo_paths[0], "-o", tmp_path, "--mode", "cutout", check_rc=1, preexec_fn=limit)
+    assert len(error_lines(proc)) == 1 and "cannot write" in proc.stderr and "nothing was left behind" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_stops_cleanly(tmp_path, photo_paths):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(40):
+        shutil.copy(photo_paths[4], src / f"frame{i:02d}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "u2edge", "image", str(src), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and any(out.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert [line for line in stderr.splitlines() if line.strip()] == ["u2edge: interrupted"]
+    written = list(out.iterdir())
+    assert 0 < len(written) < 40 and all(p.suffix == ".png" and not p.name.startswith(".") for p in written)
+    for p in written:
+        assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED) is not None

@@ -1,0 +1,116 @@
+"""U2EdgeEngine on the ONNX Runtime CPU backend (and PyTorch for .pth), on real photos."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import PHOTOS
+from u2edge import U2EdgeEngine, to_bgr8
+from u2edge.errors import ImageError, ModelFormatError
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0.5, b > 0.5
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_mask_shape_range_and_content(engine, photos):
+    for name in PHOTOS:
+        frame = photos[name]
+        mask = engine(frame)
+        assert mask.shape == frame.shape[:2] and mask.dtype == np.float32
+        assert 0.0 <= mask.min() and mask.max() <= 1.0
+        assert 0.01 < (mask > 0.5).mean() < 0.95, name  # a subject (the rocket covers 2%), not empty or full
+
+
+def test_default_engine_is_the_official_u2netp(official_onnx):
+    with U2EdgeEngine() as eng:
+        assert eng.path == official_onnx
+        assert eng.preprocessing.imgsz == 320
+
+
+def test_batch_of_mixed_sizes_equals_single_calls(engine, photos):
+    frames = [photos[n] for n in PHOTOS]
+    for single, batched in zip((engine(f) for f in frames), engine.batch(frames)):
+        assert np.array_equal(single, batched)
+
+
+def test_rgb_flag(engine, photos):
+    frame = photos["rocket.jpg"]
+    assert np.array_equal(engine(frame), engine(np.ascontiguousarray(frame[:, :, ::-1]), rgb=True))
+
+
+def test_gray_rgba_16bit_and_tiny_images(engine, photos):
+    frame = photos["astronaut.png"]
+    reference = engine(frame)
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    assert engine(to_bgr8(gray)).shape == gray.shape
+    bgra = cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA)
+    assert np.array_equal(engine(to_bgr8(bgra)), reference)
+    deep = frame.astype(np.uint16) * 257
+    assert np.array_equal(engine(to_bgr8(deep)), reference)
+    assert engine(np.full((1, 1, 3), 128, np.uint8)).shape == (1, 1)
+    with pytest.raises(ImageError, match="u2edge.to_bgr8"):
+        engine(bgra)
+
+
+def test_fixed_batch_models_pad_and_dynamic_ones_stack(tmp_path, photos):
+    pytest.importorskip("onnx", reason="export needs onnx: pip install -e '.[export]'")
+    from u2edge.export import export_onnx
+
+    frames = [photos[n] for n in PHOTOS[:3]]
+    with U2EdgeEngine(export_onnx(tmp_path / "b1.onnx").path) as one:
+        want = [one(f) for f in frames]
+    for batch in (2, None):
+        path = export_onnx(tmp_path / f"b{batch}.onnx", batch=batch).path
+        with U2EdgeEngine(path) as eng:
+            assert eng.max_batch == (batch or 8)
+            for a, b in zip(eng.batch(frames), want):
+                assert np.abs(a - b).max() < 1e-4
+
+
+def test_pth_backend_gives_the_same_masks(official_checkpoint, engine, photos):
+    with U2EdgeEngine(official_checkpoint) as eng:
+        assert eng.backend.name == "torch"
+        for name in PHOTOS[:2]:
+            assert np.abs(eng(photos[name]) - engine(photos[name])).max() < 1e-3
+
+
+def test_model_files_are_checked(tmp_path):
+    with pytest.raises(ModelFormatError, match="no backend for '.engine'"):
+        U2EdgeEngine(tmp_path / "model.engine")
+    with pytest.raises(ModelFormatError, match="not found"):
+        U2EdgeEngine(tmp_path / "missing.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage" * 100)
+    with pytest.raises(ModelFormatError, match="corrupt or not an ONNX model"):
+        U2EdgeEngine(corrupt)
+
+
+def test_a_graph_that_is_not_u2net_is_refused(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    path = tmp_path / "relu.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelFormatError, match="not a U-2-Net graph"):
+        U2EdgeEngine(path)
+
+
+def test_the_runtime_never_imports_torch(official_onnx, photo_paths):
+    code = (
+        "import sys, u2edge, u2edge.cli\n"
+        f"eng = u2edge.U2EdgeEngine({str(official_onnx)!r})\n"
+        f"eng(u2edge.read_image({str(photo_paths[0])!r}))\n"
+        "heavy = [m for m in ('torch', 'onnx', 'tensorrt') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
