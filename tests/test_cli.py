@@ -214,3 +214,33 @@ def test_ctrl_c_stops_cleanly(tmp_path, photo_paths):
     assert 0 < len(written) < 40 and all(p.suffix == ".png" and not p.name.startswith(".") for p in written)
     for p in written:
         assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED) is not None
+
+
+def test_gray_rgba_16bit_and_1x1_files(tmp_path, photos):
+    frame = photos["coffee.png"]
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "gray.png"), cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(src / "rgba.png"), cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(src / "deep.png"), frame.astype(np.uint16) * 257)
+    cv2.imwrite(str(src / "dot.png"), np.full((1, 1, 3), 200, np.uint8))
+    run_cli("image", src, "-o", tmp_path / "out")
+    out = {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (tmp_path / "out").iterdir()}
+    assert sorted(out) == ["deep", "dot", "gray", "rgba"]
+    assert out["dot"].shape == (1, 1)
+    assert all(out[k].shape == frame.shape[:2] for k in ("gray", "rgba", "deep"))
+    assert np.array_equal(out["rgba"], out["deep"])  # same pixels once converted to 8-bit BGR
+
+
+def test_corrupt_weights_and_models_give_one_line(tmp_path, photo_paths):
+    pytest.importorskip("torch", reason="loading a .pth needs PyTorch")
+    corrupt = tmp_path / "u2netp.pth"
+    corrupt.write_bytes(b"\x80\x02 truncated pickle")
+    proc = run_cli("export", "--weights", corrupt, "-o", tmp_path / "x.onnx", check_rc=1)
+    assert len(error_lines(proc)) == 1 and "corrupt or not a .pth" in proc.stderr
+    bad_onnx = tmp_path / "model.onnx"
+    bad_onnx.write_bytes(b"not onnx at all")
+    proc = run_cli("image", photo_paths[0], "-o", tmp_path / "out", "--engine", bad_onnx, check_rc=1)
+    assert len(error_lines(proc)) == 1 and "corrupt or not an ONNX model" in proc.stderr
+    proc = run_cli("image", photo_paths[0], "-o", tmp_path / "out", "--engine", tmp_path / "m.engine", check_rc=1)
+    assert len(error_lines(proc)) == 1 and "no backend for '.engine' files" in proc.stderr

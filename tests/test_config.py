@@ -1,6 +1,9 @@
 """The architecture tables, without torch."""
 
-from u2edge.config import CONFIGS, arch_of_conv_shapes, conv_layout, conv_shapes
+import pytest
+
+from conftest import DATA
+from u2edge.config import CONFIGS, arch_of_conv_shapes, conv_layout, conv_shapes, state_dict_shapes
 
 
 def test_stage_tables_match_the_paper():
@@ -29,3 +32,9 @@ def test_arch_is_recognised_from_conv_shapes():
     assert arch_of_conv_shapes(conv_shapes("u2net")) == "u2net"
     assert arch_of_conv_shapes(conv_shapes("u2netp")) == "u2netp"
     assert arch_of_conv_shapes(conv_shapes("u2netp")[:-1]) is None
+
+
+@pytest.mark.parametrize("arch", ["u2net", "u2netp"])
+def test_state_dict_layout_equals_the_official_checkpoint(arch):
+    want = [tuple(line.split("\t")) for line in (DATA / f"{arch}_state_dict_keys.txt").read_text().splitlines()]
+    assert [(k, str(list(v))) for k, v in state_dict_shapes(arch).items()] == want

