@@ -21,7 +21,7 @@ $(VENV)/.demo: pyproject.toml
 $(VENV)/.test: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[export,dev]'
+	$(PIP) -e '.[export,dev,rtx]'
 	touch $@
 
 demo: $(VENV)/.demo

@@ -37,6 +37,22 @@ def prune(graph) -> None:
     graph.initializer.extend(kept_init)
 
 
+def drop_empty_resize_inputs(graph) -> None:
+    """Omit Resize's empty ``roi``/``scales`` constants (optional since opset 13), which some
+    converters (FP16) would otherwise wrap in casts and turn into bogus inputs."""
+    empty = {t.name for t in graph.initializer if 0 in t.dims}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value" \
+                and 0 in node.attribute[0].t.dims:
+            empty.add(node.output[0])
+    for node in graph.node:
+        if node.op_type == "Resize":
+            for i in (1, 2):
+                if i < len(node.input) and node.input[i] in empty:
+                    node.input[i] = ""
+    prune(graph)
+
+
 def set_image_shape(graph, batch: int | str, imgsz: int | str) -> None:
     """Input (batch, 3, S, S) and outputs (batch, 1, S, S); int dims are fixed, str dims symbolic."""
     def set_dims(value, dims):

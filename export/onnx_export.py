@@ -116,6 +116,7 @@ def _from_onnx(source: Path, imgsz: int, batch: int | None, all_outputs: bool):
         graph.rename_tensor(g, out.name, name)
     graph.set_image_shape(g, "batch" if batch is None else batch, imgsz)
     proto = graph.upgrade_opset(proto)
+    graph.drop_empty_resize_inputs(proto.graph)
     proto = onnx.shape_inference.infer_shapes(proto)
 
     # the reference is the untouched source graph, its input size loosened to imgsz

@@ -93,3 +93,21 @@ def official_input(frame_bgr: np.ndarray) -> np.ndarray:
     x = x / x.max()
     x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
     return x.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+# every 4th image of a calibration folder is held out: these names put the five object photos there
+CALIBRATION = ("astronaut.png", "camera.png", "coins.png", "ihc.png", "chelsea.png", "hubble_deep_field.jpg",
+               "brick.png", "grass.png", "coffee.png", "gravel.png", "color.png", "logo.png", "rocket.jpg",
+               "page.png", "moon.png", "horse.png", "motorcycle_left.png", "retina.jpg", "cell.png",
+               "motorcycle_right.png")
+
+
+@pytest.fixture(scope="session")
+def calib_dir(photo_dir, tmp_path_factory) -> Path:
+    """20 real photos; the build holds out astronaut, chelsea, coffee, rocket and motorcycle_left."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("calib")
+    for i, name in enumerate(CALIBRATION):
+        shutil.copy(photo_dir / name, folder / f"{i:02d}_{name}")
+    return folder

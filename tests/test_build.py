@@ -1,0 +1,246 @@
+"""``u2edge build`` with TensorRT-RTX on a CPU-only machine: real plans from the real U2-NetP at
+fp32, fp16 and int8, the accuracy gate on held-out photos, engine identity and the bad inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+
+trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds plans without a GPU: "
+                                                 "pip install -e '.[rtx]'")
+pytest.importorskip("onnx", reason="building needs the export extra: pip install -e '.[export]'")
+from u2edge.errors import EngineBuildError, U2EdgeError  # noqa: E402
+from u2edge.export.build import BuildOptions, build_engine, split_calibration  # noqa: E402
+from u2edge.sidecar import Precision, read_sidecar  # noqa: E402
+
+pytestmark = pytest.mark.trt
+HELD_OUT = ["00_astronaut.png", "04_chelsea.png", "08_coffee.png", "12_rocket.jpg", "16_motorcycle_left.png"]
+
+
+def build(tmp, precision, name=None, **kw):
+    return build_engine(BuildOptions(output=tmp / (name or f"{precision}.engine"), precision=Precision(precision),
+                                     tensorrt="tensorrt_rtx", **kw))
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, calib_dir):
+    tmp = tmp_path_factory.mktemp("engines")
+    return {
+        "fp32": build(tmp, "fp32"),
+        "fp16": build(tmp, "fp16", calib_dir=calib_dir),
+        "int8": build(tmp, "int8", calib_dir=calib_dir, targets=["sm86", "sm89"]),
+    }
+
+
+def test_calibration_split_holds_out_every_fourth_image(calib_dir):
+    calibration, held_out = split_calibration(calib_dir, 32)
+    assert [p.name for p in held_out] == HELD_OUT
+    assert len(calibration) == 15 and not set(calibration) & set(held_out)
+    assert len(split_calibration(calib_dir, 4)[0]) == 4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_real_plans_and_sidecars(engines, precision):
+    result = engines[precision]
+    plan = result.path.read_bytes()
+    assert len(plan) > 1_000_000 and not result.reused
+    side = read_sidecar(result.path)
+    assert side == json.loads(json.dumps(result.sidecar, default=str))
+    assert side["precision"] == precision and side["tensorrt"]["flavour"] == "tensorrt_rtx"
+    assert side["engine_bytes"] == len(plan) and len(side["identity"]) == 20
+    assert side["inputs"] == [{"name": "input", "shape": [1, 3, 320, 320], "dtype": "float"}]
+    assert side["outputs"] == [{"name": "mask", "shape": [1, 1, 320, 320], "dtype": "float"}]
+    assert side["preprocessing"]["u2edge.mean"] == "0.485,0.456,0.406"
+    assert side["targets"] == (["sm86", "sm89"] if precision == "int8" else
+                               sorted(n.lower() for n in dir(trt.ComputeCapability) if n.startswith("SM")))
+
+
+def test_fp16_and_int8_pass_the_gate_on_held_out_photos(engines):
+    for precision in ("fp16", "int8"):
+        acc = engines[precision].sidecar["accuracy"]
+        assert acc["held_out"] == HELD_OUT and acc["calibration_images"] == 15
+        measured = acc["measured"]
+        assert measured["min_iou"] >= 0.97 and measured["mean_mae"] <= 0.01, (precision, measured)
+        assert set(measured["per_image"]) == set(HELD_OUT)
+    int8 = engines["int8"].sidecar["accuracy"]["int8"]
+    assert int8["passed"] and int8["int8_convs"] + len(int8["kept_float"]) == 112
+    assert int8["naive"]["min_iou"] < 0.97  # the gate did real work: all-INT8 fails it
+    assert all(name.startswith("stage") for name in int8["kept_float"])
+    print(f"\nINT8 gate: {engines['int8'].sidecar['accuracy']['measured']}; kept float {int8['kept_float']}")
+
+
+def test_same_build_is_reused_and_changes_rebuild(engines, tmp_path):
+    first = build(tmp_path, "fp32")
+    started = time.perf_counter()
+    again = build(tmp_path, "fp32")
+    assert again.reused and time.perf_counter() - started < 5
+    assert again.sidecar["identity"] == first.sidecar["identity"]
+    other = build(tmp_path, "fp32", imgsz=288)
+    assert not other.reused and other.sidecar["identity"] != first.sidecar["identity"]
+    assert other.sidecar["inputs"][0]["shape"] == [1, 3, 288, 288]
+    forced = build(tmp_path, "fp32", imgsz=288, force=True)
+    assert not forced.reused and forced.sidecar["identity"] == other.sidecar["identity"]
+    (tmp_path / "fp32.engine.json").unlink()
+    unknown = build(tmp_path, "fp32", imgsz=288)  # no sidecar: an unknown engine, rebuilt
+    assert not unknown.reused and read_sidecar(tmp_path / "fp32.engine")["identity"] == other.sidecar["identity"]
+
+
+def test_dynamic_batch_profile(tmp_path):
+    result = build(tmp_path, "fp32", dynamic_batch=(1, 2, 4), targets=["sm86"])
+    side = result.sidecar
+    assert side["inputs"][0]["shape"] == [-1, 3, 320, 320]
+    assert side["profile"] == {"min": [1, 3, 320, 320], "opt": [2, 3, 320, 320], "max": [4, 3, 320, 320]}
+
+
+def test_concurrent_builds_of_one_engine_are_safe(tmp_path):
+    code = ("import sys\nfrom u2edge.cli import main\n"
+            f"sys.exit(main(['build', '--precision', 'fp32', '--target', 'sm86', '--json', '-q', "
+            f"'-o', {str(tmp_path / 'same.engine')!r}]))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    reports = [json.loads(out) for out, _ in outs]
+    assert sorted(r["reused"] for r in reports) == [False, True]
+    assert len({r["identity"] for r in reports}) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".same.engine.lock", "same.engine", "same.engine.json"]
+
+
+def test_cli_build_report_and_json(tmp_path, calib_dir):
+    proc = run_cli("build", "--precision", "fp16", "--calib-dir", calib_dir, "--target", "sm86",
+                   "-o", tmp_path / "m.engine")
+    for field in ("precision", "accuracy", "build time", "engine size", "sidecar"):
+        assert field in proc.stdout
+    assert "min IoU" in proc.stdout and "held-out images" in proc.stdout
+    again = json.loads(run_cli("build", "--precision", "fp16", "--calib-dir", calib_dir, "--target", "sm86",
+                               "-o", tmp_path / "m.engine", "--json").stdout)
+    assert again["reused"] is True
+
+
+def one_line_error(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("libpng")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "int8"], "needs --calib-dir with real images"),
+    (["--imgsz", "300"], "multiple of 32"),
+    (["--target", "sm99"], "unknown --target sm99"),
+    (["--dla-core", "0"], "has no DLA"),
+    (["--gpu-fallback"], "only applies with --dla-core"),
+    (["--fp16-mode", "flag"], "--fp16-mode flag needs BuilderFlag.FP16"),
+    (["--dynamic-batch", "4:2:8"], "1 <= MIN <= OPT <= MAX"),
+    (["--dynamic-batch", "1-4"], "not MIN:OPT:MAX"),
+])
+def test_bad_options_give_one_line_and_no_engine(tmp_path, args, message):
+    proc = run_cli("build", *args, "-o", tmp_path / "x.engine", check_rc=1)
+    assert message in one_line_error(proc)
+    assert not (tmp_path / "x.engine").exists()
+
+
+def test_bad_calibration_folders(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"{i}.jpg").write_bytes(b"not an image")
+    for folder, message in ((tmp_path / "missing", "is not a folder"), (empty, "holds no images"),
+                            (junk, "has 0 readable image(s) of 3")):
+        proc = run_cli("build", "--precision", "int8", "--calib-dir", folder, "-o", tmp_path / "x.engine",
+                       check_rc=1)
+        assert message in proc.stderr.splitlines()[-1]
+        assert not (tmp_path / "x.engine").exists()
+
+
+def test_bad_onnx_files(tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08garbage" * 50)
+    proc = run_cli("build", "--onnx", corrupt, "-o", tmp_path / "x.engine", check_rc=1)
+    assert "corrupt" in one_line_error(proc)
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 320, 320])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 320, 320])
+    relu = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), relu)
+    proc = run_cli("build", "--onnx", relu, "-o", tmp_path / "x.engine", check_rc=1)
+    assert "not a U-2-Net ONNX" in one_line_error(proc)
+    assert not (tmp_path / "x.engine").exists()
+
+
+def test_every_parser_error_is_reported(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from u2edge import trtcompat
+    from u2edge.export.build import _trt_build
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    nodes = [helper.make_node("NoSuchOp", ["x"], ["t"], domain="acme"), helper.make_node("Relu", ["t"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
+    with pytest.raises(EngineBuildError, match="cannot parse the ONNX graph: .*NoSuchOp") as info:
+        _trt_build(BuildOptions(output=tmp_path / "x.engine", precision=Precision.FP32), trtcompat.load("tensorrt_rtx"),
+                   model, {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [1, 3, 8, 8]}, ["sm86"])
+    assert info.value.details and "\n" not in str(info.value)
+
+
+def test_gate_failure_reports_the_numbers_and_writes_nothing(tmp_path, calib_dir):
+    proc = run_cli("build", "--precision", "fp16", "--calib-dir", calib_dir, "--min-iou", "0.99999",
+                   "-o", tmp_path / "x.engine", check_rc=1)
+    line = one_line_error(proc)
+    assert "FP16 misses the accuracy gate: min IoU 0.9" in line and "--no-gate" in line
+    assert not (tmp_path / "x.engine").exists()
+    run_cli("build", "--precision", "fp16", "--calib-dir", calib_dir, "--min-iou", "0.99999", "--no-gate",
+            "--target", "sm86", "-o", tmp_path / "x.engine")
+    assert (tmp_path / "x.engine").exists()
+
+
+def test_full_disk_leaves_no_partial_engine(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
+    try:
+        proc = run_cli("build", "--precision", "fp32", "--target", "sm86", "-o", disk / "x.engine", check_rc=1)
+        assert "the disk is full" in one_line_error(proc)
+        assert [p.name for p in disk.iterdir() if not p.name.endswith(".lock")] == []
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_api_errors_are_u2edge_errors(tmp_path):
+    with pytest.raises(U2EdgeError, match="--weights or --onnx, not both"):
+        build(tmp_path, "fp32", weights=tmp_path / "a.pth", onnx=tmp_path / "b.onnx")
+    with pytest.raises(U2EdgeError, match="no such file"):
+        build(tmp_path, "fp32", onnx=tmp_path / "missing.onnx")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="NVIDIA TensorRT (tensorrt) is not installed here; this runs where it is")
+def test_tensorrt_builds_fp16_typed_and_by_flag_for_its_gpu(tmp_path, calib_dir):
+    from u2edge import trtcompat
+
+    flavour = trtcompat.load("tensorrt")
+    typed = build_engine(BuildOptions(output=tmp_path / "typed.engine", precision=Precision.FP16,
+                                      calib_dir=calib_dir, tensorrt="tensorrt"))
+    side = typed.sidecar
+    assert side["tensorrt"] == {"flavour": "tensorrt", "version": flavour.version}
+    assert side["device"]["gpu"] and side["targets"] is None
+    assert side["accuracy"]["measured"]["min_iou"] >= 0.97
+    if flavour.has_fp16_flag:
+        flag = build_engine(BuildOptions(output=tmp_path / "flag.engine", precision=Precision.FP16,
+                                         fp16_mode="flag", tensorrt="tensorrt"))
+        assert flag.path.stat().st_size > 1_000_000 and flag.sidecar["build_options"]["fp16_mode"] == "flag"
