@@ -212,7 +212,6 @@ def _build(opts: BuildOptions, trt, source: Path, calibration, held_out, shapes,
         fp32 = onnx.load(str(exported.path))
     evaluator = None
     if held_out:
-        progress("reading held-out images", 0, len(held_out))
         evaluator = prec.Evaluator(fp32, {p.name: read_image(p) for p in held_out}, spec)
     accuracy: dict = {"reference": "FP32 graph under ONNX Runtime (CPU)",
                       "held_out": [p.name for p in held_out], "calibration_images": len(calibration),

@@ -13,8 +13,9 @@ from .errors import OutputError
 __all__ = ["write_bytes_atomic"]
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, then rename it into place."""
+def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` (bytes or any buffer, such as a numpy array) to a temp file beside ``path``,
+    then rename it into place."""
     path = Path(path)
     tmp = None
     try:

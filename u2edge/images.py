@@ -79,4 +79,4 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(path.suffix or ".png", image)
     if not ok:
         raise OutputError(f"{path}: OpenCV cannot encode {path.suffix} images")
-    write_bytes_atomic(path, encoded.tobytes())
+    write_bytes_atomic(path, encoded)  # the encoder's buffer itself: no copy of a large PNG
