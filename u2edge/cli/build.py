@@ -97,13 +97,16 @@ def run(args: argparse.Namespace) -> int:
     def progress(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
+            for earlier in bars.values():  # a stage that ended early (the gate passed) is done
+                earlier.close()
+            bars.clear()
             bar = bars[stage] = Progress(total, stage, enabled=not args.quiet)
         if done > bar.done:
             bar.step()
-        if done >= total:
-            bar.close()
 
     result = build_engine(options, progress)
+    for bar in bars.values():
+        bar.close()
     sidecar = result.sidecar
     if args.json:
         print_json({"engine": str(result.path), "reused": result.reused, **sidecar})

@@ -24,6 +24,7 @@ class Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.done:
             sys.stderr.write("\n")
             sys.stderr.flush()
+        self.enabled = False  # closing twice is harmless
