@@ -13,7 +13,7 @@ import numpy as np
 from ._files import write_bytes_atomic
 from .errors import ImageError, OutputError
 
-__all__ = ["IMAGE_SUFFIXES", "expand_inputs", "read_image", "to_bgr8", "write_image"]
+__all__ = ["IMAGE_SUFFIXES", "expand_inputs", "read_image", "read_mask", "to_bgr8", "write_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
 
@@ -60,17 +60,25 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     raise ImageError(f"cannot convert an image of shape {image.shape}; expected HxW, HxWx3 or HxWx4")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file as HxWx3 uint8 BGR; gray, alpha and 16-bit inputs are converted."""
-    path = Path(path)
+def _decode(path: Path, flags: int) -> np.ndarray:
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         raise ImageError(f"{path}: not a readable image (corrupt, empty, or an unsupported format)")
-    return to_bgr8(image)
+    return image
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file as HxWx3 uint8 BGR; gray, alpha and 16-bit inputs are converted."""
+    return to_bgr8(_decode(Path(path), cv2.IMREAD_UNCHANGED))
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Decode a mask file as HxW uint8."""
+    return _decode(Path(path), cv2.IMREAD_GRAYSCALE)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from .options import logging_options, setup_logging
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("image", "export", "build", "info")
+COMMANDS = ("image", "export", "build", "eval", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
