@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from typing import Callable  # collections.abc.Callable cannot be subscripted on 3.8
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
