@@ -9,27 +9,30 @@ concurrent builds of one engine; every file is written atomically.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import logging
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from typing import Callable  # collections.abc.Callable cannot be subscripted on 3.8
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable  # collections.abc.Callable cannot be subscripted on 3.8
 
 from .. import __version__, trtcompat
 from .._deps import require
 from .._files import write_bytes_atomic
-from ..errors import EngineBuildError, ImageError, U2EdgeError
+from ..errors import EngineBuildError, ImageError, OutputError, U2EdgeError
 from ..images import IMAGE_SUFFIXES, read_image
 from ..processing import Preprocessing, preprocess
-from ..sidecar import Precision, identity_hash, read_sidecar, write_sidecar
+from ..sidecar import Precision, identity_hash, read_sidecar, sidecar_path, write_sidecar
 from ..weights import cache_dir, default_onnx, sha256_file
 from . import precision as prec
+from .graph import set_image_shape
 from .onnx_export import check_imgsz, export_onnx
 
 __all__ = ["BuildOptions", "BuildResult", "build_engine", "split_calibration"]
@@ -106,24 +109,35 @@ def _files_hash(paths: list[Path]) -> str:
 
 
 def gpu_identity() -> dict | None:
-    """Name and compute capability of GPU 0 from nvidia-smi, or None without one."""
-    if shutil.which("nvidia-smi") is None:
-        return None
+    """Name and compute capability of the CUDA device builds run on (the first one
+    CUDA_VISIBLE_DEVICES shows), from nvidia-smi; on a Jetson without it, the board's model."""
+    if shutil.which("nvidia-smi") is not None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        cmd = ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"]
+        try:
+            out = subprocess.run(cmd + (["-i", visible] if visible else []), capture_output=True, text=True,
+                                 timeout=20).stdout.strip().splitlines()
+        except (OSError, subprocess.TimeoutExpired):
+            out = []
+        if out and "," in out[0]:
+            name, cc = (part.strip() for part in out[0].rsplit(",", 1))
+            return {"gpu": name, "compute_capability": cc}
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
-    except (OSError, subprocess.TimeoutExpired):
+        with open("/proc/device-tree/model") as f:  # Jetson
+            model = f.read().strip("\x00\n ")
+    except OSError:
         return None
-    if not out or "," not in out[0]:
-        return None
-    name, cc = (part.strip() for part in out[0].rsplit(",", 1))
-    return {"gpu": name, "compute_capability": cc}
+    return {"gpu": model, "compute_capability": None} if "jetson" in model.lower() else None
 
 
 @contextlib.contextmanager
 def _locked(output: Path):
     lock_path = output.with_name(f".{output.name}.lock")
-    with open(lock_path, "a") as lock:
+    try:
+        lock = open(lock_path, "a")
+    except OSError as exc:
+        raise OutputError(f"cannot create the build lock {lock_path}: {exc.strerror}") from exc
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -146,6 +160,15 @@ def build_engine(options: BuildOptions, progress: Progress | None = None) -> Bui
         raise U2EdgeError(f"--batch {opts.batch} must be at least 1")
     if opts.weights is not None and opts.onnx is not None:
         raise U2EdgeError("give --weights or --onnx, not both")
+    if opts.calib_count < 1:
+        raise U2EdgeError(f"--calib-count {opts.calib_count} must be at least 1")
+    if opts.workspace is not None and opts.workspace <= 0:
+        raise U2EdgeError(f"--workspace {opts.workspace} must be a positive number of GiB")
+    if opts.dla_core is not None:
+        if opts.precision is Precision.FP32:
+            raise U2EdgeError("DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla-core")
+        if opts.dynamic_batch:
+            raise U2EdgeError("DLA needs a static shape; use --batch N instead of --dynamic-batch with --dla-core")
     trt = trtcompat.load(opts.tensorrt)
     if opts.fp16_mode == "flag" and not trt.has_fp16_flag:
         raise U2EdgeError(f"--fp16-mode flag needs BuilderFlag.FP16, which {trt.name} does not have; "
@@ -154,7 +177,10 @@ def build_engine(options: BuildOptions, progress: Progress | None = None) -> Bui
     if not source.is_file():
         raise U2EdgeError(f"{'--onnx' if opts.onnx else '--weights'} {source}: no such file")
     output = Path(opts.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder of -o {output}: {exc.strerror}") from exc
     calibration, held_out = split_calibration(Path(opts.calib_dir), opts.calib_count) if opts.calib_dir else ([], [])
 
     device = gpu_identity() if trt.flavour == "tensorrt" else None
@@ -182,14 +208,18 @@ def build_engine(options: BuildOptions, progress: Progress | None = None) -> Bui
     with _locked(output):
         existing = read_sidecar(output)
         if output.exists() and not opts.force:
-            if existing and existing.get("identity") == identity:
+            if existing and existing.get("identity") == identity and \
+                    existing.get("engine_sha256") == sha256_file(output):
                 log.info("%s is up to date (identity %s); --force rebuilds it", output, identity)
                 return BuildResult(output, existing, reused=True)
             if existing is None:
                 log.info("%s has no sidecar, so it is an unknown engine: rebuilding it", output)
         sidecar = _build(opts, trt, source, calibration, held_out, shapes, targets, device, progress)
         sidecar.update(identity=identity, identity_inputs=identity_inputs)
-        write_bytes_atomic(output, sidecar.pop("_plan"))
+        plan = sidecar.pop("_plan")
+        # the old sidecar goes first: a plan and a sidecar that disagree are never left together
+        sidecar_path(output).unlink(missing_ok=True)
+        write_bytes_atomic(output, plan)
         write_sidecar(output, sidecar)
     return BuildResult(output, sidecar, reused=False)
 
@@ -207,8 +237,10 @@ def _build(opts: BuildOptions, trt, source: Path, calibration, held_out, shapes,
     spec = Preprocessing(imgsz=opts.imgsz)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="u2edge-build-") as tmp:
+        # dynamic batch, so that held-out and calibration images run one at a time; a fixed batch
+        # is set on the final graph
         exported = export_onnx(Path(tmp) / "fp32.onnx", arch=opts.arch, weights=source, imgsz=opts.imgsz,
-                               batch=None if opts.dynamic_batch else opts.batch)
+                               batch=None)
         fp32 = onnx.load(str(exported.path))
     evaluator = None
     if held_out:
@@ -235,6 +267,9 @@ def _build(opts: BuildOptions, trt, source: Path, calibration, held_out, shapes,
     else:
         accuracy.update(measured=None, note="FP32 is the reference" if opts.precision is Precision.FP32
                         else "FP16 by builder flag: TensorRT picks layer precisions, not measurable on the CPU")
+    if not opts.dynamic_batch:
+        graph = copy.deepcopy(graph) if graph is fp32 else graph
+        set_image_shape(graph.graph, opts.batch, opts.imgsz)
     progress("building engine", 0, 1)
     build_started = time.perf_counter()
     plan, io = _trt_build(opts, trt, graph, shapes, targets)
@@ -257,13 +292,18 @@ def _build(opts: BuildOptions, trt, source: Path, calibration, held_out, shapes,
         "build_seconds": round(time.perf_counter() - build_started, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
         "engine_bytes": len(plan),
+        "engine_sha256": hashlib.sha256(plan).hexdigest(),
     }
 
 
 def _trt_build(opts: BuildOptions, trt, graph, shapes: dict, targets) -> tuple[bytes, dict]:
     module = trt.module
     logger = trtcompat.make_logger(trt)
-    builder = module.Builder(logger)
+    try:
+        builder = module.Builder(logger)
+    except TypeError as exc:  # the bindings return a null builder when CUDA cannot start
+        raise EngineBuildError(f"{trt.name} cannot create a builder: no usable CUDA GPU or driver; without a GPU, "
+                               "build with TensorRT-RTX: --tensorrt tensorrt_rtx --target sm86", logger.errors) from exc
     flag_path = opts.precision is Precision.FP16 and opts.fp16_mode == "flag"
     strongly_typed = trt.has_strongly_typed and not flag_path
     network = trt.create_network(builder, strongly_typed=strongly_typed)
@@ -271,7 +311,8 @@ def _trt_build(opts: BuildOptions, trt, graph, shapes: dict, targets) -> tuple[b
     if not parser.parse(graph.SerializeToString()):
         raise EngineBuildError(f"{trt.name} cannot parse the ONNX graph", trt.parser_errors(parser) or logger.errors)
     config = builder.create_builder_config()
-    if flag_path:
+    if opts.precision is Precision.FP16 and not strongly_typed:
+        # TensorRT 8.x parses the FP16 graph weakly typed and would pick FP32 kernels without the flag
         config.set_flag(module.BuilderFlag.FP16)
     elif opts.precision is Precision.INT8 and not strongly_typed and trt.has_int8_flag:
         config.set_flag(module.BuilderFlag.INT8)  # TensorRT 8.x needs it to honour Q/DQ
@@ -291,8 +332,13 @@ def _trt_build(opts: BuildOptions, trt, graph, shapes: dict, targets) -> tuple[b
     cache_file = None
     if trt.has_timing_cache:
         cache_file = Path(opts.timing_cache) if opts.timing_cache else _default_timing_cache(trt)
-        blob = cache_file.read_bytes() if cache_file.exists() else b""
-        config.set_timing_cache(config.create_timing_cache(blob), False)
+        try:
+            blob = cache_file.read_bytes() if cache_file.exists() else b""
+        except OSError as exc:
+            raise OutputError(f"cannot read the timing cache {cache_file}: {exc.strerror}") from exc
+        if not config.set_timing_cache(config.create_timing_cache(blob), False):
+            log.warning("timing cache %s does not fit %s; starting a new one", cache_file, trt.name)
+            config.set_timing_cache(config.create_timing_cache(b""), False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         errors = logger.errors or ["no error message from TensorRT"]

@@ -17,6 +17,8 @@ _HINTS: dict[str, tuple[str, str]] = {
     ),
     "onnx": ("ONNX graph editing and export", "pip install 'u2edge[export]'"),
     "onnxruntime": ("the ONNX Runtime backend", "pip install onnxruntime (Jetson: onnxruntime-gpu from NVIDIA's Jetson Zoo)"),
+    "onnxconverter_common": ("FP16 engines", "pip install 'u2edge[export]'"),
+    "cv2": ("images and video", "pip install opencv-python (Jetson: JetPack's python3-opencv)"),
 }
 
 
@@ -25,7 +27,8 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        purpose, install = _HINTS.get(module, ("this feature", f"pip install {module}"))
+        top = module.split(".")[0]
+        purpose, install = _HINTS.get(top, ("this feature", f"pip install {top}"))
         raise MissingDependencyError(
             f"{module} is required for {purpose} but cannot be imported ({exc}); install it with: {install}"
         ) from exc

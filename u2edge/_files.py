@@ -15,25 +15,33 @@ __all__ = ["write_bytes_atomic"]
 
 def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
     """Write ``data`` (bytes or any buffer, such as a numpy array) to a temp file beside ``path``,
-    then rename it into place."""
+    flush it to disk, then rename it into place. Whatever goes wrong, even Ctrl-C, the temp file
+    is removed; an OSError becomes one OutputError line."""
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # a power cut (common on a Jetson) must not leave an empty file
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
+        raise OutputError(f"cannot write {path}: {reason}; nothing was left behind") from exc
+    finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
-        raise OutputError(f"cannot write {path}: {reason}; nothing was left behind") from exc
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .backends import Backend, open_backend
+from .errors import U2EdgeError
 from .processing import postprocess, preprocess
 from .weights import default_onnx
 
@@ -29,6 +30,8 @@ class U2EdgeEngine:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, max_batch: int = 8, **backend_options) -> None:
+        if max_batch < 1:
+            raise U2EdgeError(f"max_batch {max_batch} must be at least 1")
         self.path = default_onnx() if path is None else path
         self.backend: Backend = open_backend(self.path, **backend_options)
         self.preprocessing = self.backend.preprocessing

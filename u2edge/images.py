@@ -72,8 +72,9 @@ def _decode(path: Path, flags: int) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file as HxWx3 uint8 BGR; gray, alpha and 16-bit inputs are converted."""
-    return to_bgr8(_decode(Path(path), cv2.IMREAD_UNCHANGED))
+    """Decode an image file as HxWx3 uint8 BGR, turned as its EXIF orientation says; gray, alpha
+    and 16-bit inputs are converted."""
+    return to_bgr8(_decode(Path(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH))
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -44,6 +44,9 @@ class OnnxRuntimeBackend(Backend):
         self._output = "mask" if "mask" in names else names[0]
         meta = self._session.get_modelmeta().custom_metadata_map
         self.preprocessing = Preprocessing.from_metadata(meta, imgsz=shape[2])
+        if self.preprocessing.imgsz != shape[2]:
+            raise ModelFormatError(f"{Path(path).name}: its metadata says {self.preprocessing.imgsz}px but its input "
+                                   f"is {shape[2]}px; re-export it with u2edge export --imgsz {shape[2]}")
         self.batch_size = shape[0] if isinstance(shape[0], int) else None
         self.providers = self._session.get_providers()
 

@@ -78,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise U2EdgeError(f"-o {outdir} is a file; give a folder for the outputs")
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise U2EdgeError(f"cannot create -o {outdir}: {exc.strerror}") from exc
     jobs, unsafe = plan_outputs(paths, outdir)
     problems += unsafe
     for line in problems:
@@ -98,9 +101,12 @@ def run(args: argparse.Namespace) -> int:
                     problems.append(str(exc))
                     progress.step(path.name)
                     continue
-                write_image(out, render(frame, engine(frame), mode, background))
-                results.append({"input": str(path), "output": str(out), "height": frame.shape[0],
-                                "width": frame.shape[1], "seconds": round(time.perf_counter() - t0, 4)})
+                height, width = frame.shape[:2]
+                rendered = render(frame, engine(frame), mode, background)
+                del frame  # a large frame need not stay in memory while its output is encoded
+                write_image(out, rendered)
+                results.append({"input": str(path), "output": str(out), "height": height, "width": width,
+                                "seconds": round(time.perf_counter() - t0, 4)})
                 progress.step(path.name)
             progress.close()
             total = time.perf_counter() - started
