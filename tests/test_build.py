@@ -76,12 +76,13 @@ def test_fp16_and_int8_pass_the_gate_on_held_out_photos(engines):
     print(f"\nINT8 gate: {engines['int8'].sidecar['accuracy']['measured']}; kept float {int8['kept_float']}")
 
 
-def test_same_build_is_reused_and_changes_rebuild(engines, tmp_path):
+def test_same_build_is_reused_and_changes_rebuild(tmp_path):
     first = build(tmp_path, "fp32")
-    started = time.perf_counter()
+    plan = tmp_path / "fp32.engine"
+    stamp = plan.stat().st_mtime_ns, plan.stat().st_ino
     again = build(tmp_path, "fp32")
-    assert again.reused and time.perf_counter() - started < 5
-    assert again.sidecar["identity"] == first.sidecar["identity"]
+    assert again.reused and again.sidecar["identity"] == first.sidecar["identity"]
+    assert (plan.stat().st_mtime_ns, plan.stat().st_ino) == stamp  # not rewritten
     other = build(tmp_path, "fp32", imgsz=288)
     assert not other.reused and other.sidecar["identity"] != first.sidecar["identity"]
     assert other.sidecar["inputs"][0]["shape"] == [1, 3, 288, 288]
@@ -100,17 +101,42 @@ def test_dynamic_batch_profile(tmp_path):
 
 
 def test_concurrent_builds_of_one_engine_are_safe(tmp_path):
+    import fcntl
+
     code = ("import sys\nfrom u2edge.cli import main\n"
             f"sys.exit(main(['build', '--precision', 'fp32', '--target', 'sm86', '--json', '-q', "
             f"'-o', {str(tmp_path / 'same.engine')!r}]))\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    with open(tmp_path / ".same.engine.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # both builds start while the engine is locked, so they must queue
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        time.sleep(3)
+        assert all(p.poll() is None for p in procs)  # waiting on the lock
+        assert not (tmp_path / "same.engine").exists()
+        fcntl.flock(lock, fcntl.LOCK_UN)
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     reports = [json.loads(out) for out, _ in outs]
     assert sorted(r["reused"] for r in reports) == [False, True]
     assert len({r["identity"] for r in reports}) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".same.engine.lock", "same.engine", "same.engine.json"]
+
+
+def test_a_plan_that_does_not_match_its_sidecar_is_rebuilt(tmp_path):
+    first = build(tmp_path, "fp32", targets=["sm86"])
+    plan = tmp_path / "fp32.engine"
+    plan.write_bytes(plan.read_bytes()[:-10])  # as if another build replaced the plan and died
+    again = build(tmp_path, "fp32", targets=["sm86"])
+    assert not again.reused
+    assert again.sidecar["engine_sha256"] == first.sidecar["engine_sha256"]
+    assert read_sidecar(plan)["engine_bytes"] == plan.stat().st_size
+
+
+def test_fixed_batch_with_held_out_images(tmp_path, calib_dir):
+    result = build(tmp_path, "fp16", batch=2, calib_dir=calib_dir, targets=["sm86"])
+    assert result.sidecar["inputs"][0]["shape"] == [2, 3, 320, 320]
+    assert result.sidecar["outputs"][0]["shape"] == [2, 1, 320, 320]
+    assert result.sidecar["accuracy"]["measured"]["min_iou"] >= 0.97
 
 
 def test_cli_build_report_and_json(tmp_path, calib_dir):
@@ -135,6 +161,10 @@ def one_line_error(proc) -> str:
     (["--imgsz", "300"], "multiple of 32"),
     (["--target", "sm99"], "unknown --target sm99"),
     (["--dla-core", "0"], "has no DLA"),
+    (["--precision", "fp32", "--dla-core", "0"], "DLA runs FP16 or INT8 only"),
+    (["--dla-core", "0", "--dynamic-batch", "1:2:4"], "DLA needs a static shape"),
+    (["--calib-count", "0"], "--calib-count 0 must be at least 1"),
+    (["--workspace", "-1"], "--workspace -1.0 must be a positive number"),
     (["--gpu-fallback"], "only applies with --dla-core"),
     (["--fp16-mode", "flag"], "--fp16-mode flag needs BuilderFlag.FP16"),
     (["--dynamic-batch", "4:2:8"], "1 <= MIN <= OPT <= MAX"),

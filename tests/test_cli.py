@@ -31,7 +31,7 @@ def only_base_dependencies(*argv: str) -> subprocess.CompletedProcess:
 def test_help_works_with_only_base_dependencies():
     top = only_base_dependencies("--help")
     assert top.returncode == 0 and "image" in top.stdout and "export" in top.stdout
-    for command in ("image", "export", "info"):
+    for command in ("image", "export", "build", "eval", "info"):
         proc = only_base_dependencies(command, "--help")
         assert proc.returncode == 0, proc.stderr
         assert "Example" in proc.stdout
@@ -246,3 +246,18 @@ def test_corrupt_weights_and_models_give_one_line(tmp_path, photo_paths):
     assert len(error_lines(proc)) == 1 and "corrupt or not an ONNX model" in proc.stderr
     proc = run_cli("image", photo_paths[0], "-o", tmp_path / "out", "--engine", tmp_path / "m.engine", check_rc=1)
     assert len(error_lines(proc)) == 1 and "no backend for '.engine' files" in proc.stderr
+
+
+def test_exif_orientation_is_followed(tmp_path, photos):
+    from PIL import Image
+
+    from u2edge.images import read_image
+
+    frame = photos["coffee.png"]  # 400 x 600
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(np.ascontiguousarray(frame[:, :, ::-1])).save(path, exif=exif, quality=95)
+    assert read_image(path).shape == (600, 400, 3)
+    run_cli("image", path, "-o", tmp_path / "out")
+    assert cv2.imread(str(tmp_path / "out" / "phone.png"), cv2.IMREAD_UNCHANGED).shape == (600, 400)

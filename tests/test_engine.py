@@ -114,3 +114,20 @@ def test_the_runtime_never_imports_torch(official_onnx, photo_paths):
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_max_batch_and_stale_metadata(tmp_path, official_onnx):
+    from u2edge.errors import U2EdgeError
+
+    with pytest.raises(U2EdgeError, match="max_batch 0 must be at least 1"):
+        U2EdgeEngine(official_onnx, max_batch=0)
+    onnx = pytest.importorskip("onnx")
+    from u2edge.export import export_onnx
+
+    model = onnx.load(str(export_onnx(tmp_path / "288.onnx", imgsz=288).path))
+    for prop in model.metadata_props:
+        if prop.key == "u2edge.imgsz":
+            prop.value = "320"  # as if a tool resized the input and kept the metadata
+    onnx.save(model, tmp_path / "stale.onnx")
+    with pytest.raises(ModelFormatError, match="metadata says 320px but its input is 288px"):
+        U2EdgeEngine(tmp_path / "stale.onnx")
