@@ -3,6 +3,7 @@ with the official weights, and exports of it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,6 +27,19 @@ def run_cli(*args: str, check_rc: int | None = 0, env: dict | None = None, **kwa
     if check_rc is not None:
         assert proc.returncode == check_rc, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted on ``folder``, to fill a disk for real; skips without root."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)])
 
 
 @pytest.fixture(scope="session")

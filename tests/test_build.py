@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, small_disk
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds plans without a GPU: "
                                                  "pip install -e '.[rtx]'")
@@ -238,17 +238,10 @@ def test_gate_failure_reports_the_numbers_and_writes_nothing(tmp_path, calib_dir
 
 
 def test_full_disk_leaves_no_partial_engine(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
-    try:
+    with small_disk(tmp_path / "disk", "1m") as disk:
         proc = run_cli("build", "--precision", "fp32", "--target", "sm86", "-o", disk / "x.engine", check_rc=1)
         assert "the disk is full" in one_line_error(proc)
         assert [p.name for p in disk.iterdir() if not p.name.endswith(".lock")] == []
-    finally:
-        subprocess.run(["umount", str(disk)])
 
 
 def test_api_errors_are_u2edge_errors(tmp_path):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import PHOTOS, run_cli
+from conftest import PHOTOS, run_cli, small_disk
 
 
 def error_lines(proc) -> list[str]:
@@ -171,18 +171,11 @@ def test_8000x8000_image_with_bounded_memory(tmp_path, photos):
 
 
 def test_full_disk_leaves_nothing_behind(tmp_path, photo_paths):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
-    try:
+    with small_disk(tmp_path / "disk", "64k") as disk:
         proc = run_cli("image", photo_paths[0], "-o", disk, "--mode", "cutout", check_rc=1)
         assert error_lines(proc) == [f"u2edge: error: cannot write {disk / 'astronaut.png'}: the disk is full; "
                                      "nothing was left behind"]
         assert list(disk.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(disk)])
 
 
 def test_file_size_limit_leaves_nothing_behind(tmp_path, photo_paths):
