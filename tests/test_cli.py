@@ -190,21 +190,27 @@ def test_file_size_limit_leaves_nothing_behind(tmp_path, photo_paths):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_stops_cleanly(tmp_path, photo_paths):
+@pytest.mark.parametrize("sig, rc, message", [(signal.SIGINT, 130, "u2edge: interrupted"),
+                                                (signal.SIGTERM, 143, "u2edge: terminated")])
+def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, photo_paths, sig, rc, message):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(40):
         shutil.copy(photo_paths[4], src / f"frame{i:02d}.png")
     out = tmp_path / "out"
+
+    def default_sigint():  # a shell's background job starts with SIGINT ignored; a terminal's does not
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "u2edge", "image", str(src), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while not (out.exists() and any(out.iterdir())) and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert [line for line in stderr.splitlines() if line.strip()] == ["u2edge: interrupted"]
+    assert proc.returncode == rc
+    assert [line for line in stderr.splitlines() if line.strip()] == [message]
     written = list(out.iterdir())
     assert 0 < len(written) < 40 and all(p.suffix == ".png" and not p.name.startswith(".") for p in written)
     for p in written:

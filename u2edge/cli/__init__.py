@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..errors import U2EdgeError
@@ -36,14 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that outputs stay complete or absent."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.run(args)
     except U2EdgeError as exc:
         print(f"u2edge: error: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("u2edge: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("u2edge: interrupted", file=sys.stderr)
         return 130
