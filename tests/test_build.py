@@ -150,6 +150,28 @@ def test_cli_build_report_and_json(tmp_path, calib_dir):
     assert again["reused"] is True
 
 
+def test_cli_builder_options_from_a_checkpoint(tmp_path, official_checkpoint):
+    args = ["build", "--precision", "fp32", "--weights", official_checkpoint, "--opt-level", "2", "--workspace", "1",
+            "--timing-cache", tmp_path / "timing.cache", "--target", "sm86,sm89", "-o", tmp_path / "m.engine", "--json"]
+    first = json.loads(run_cli(*args).stdout)
+    options = first["build_options"]
+    assert options["opt_level"] == 2 and options["workspace"] == 1.0 and options["weights"] == str(official_checkpoint)
+    assert first["targets"] == ["sm86", "sm89"] and first["arch"] == "u2netp"
+    assert json.loads(run_cli(*args).stdout)["reused"] is True
+    forced = json.loads(run_cli(*args, "--force").stdout)
+    assert forced["reused"] is False and forced["identity"] == first["identity"]
+
+
+def test_int8_with_a_clipping_calibrator_and_no_gate(tmp_path, calib_dir):
+    proc = run_cli("build", "--precision", "int8", "--calib-dir", calib_dir, "--calib-method", "entropy",
+                   "--calib-count", "6", "--no-gate", "--target", "sm86", "-o", tmp_path / "e.engine", "--json")
+    report = json.loads(proc.stdout)
+    int8 = report["accuracy"]["int8"]
+    assert report["accuracy"]["method"] == "entropy" and report["accuracy"]["calibration_images"] == 6
+    assert int8["kept_float"] == [] and not int8["passed"]  # no search without the gate
+    assert report["accuracy"]["measured"]["min_iou"] < 0.97  # clipping ruins U-2-Net's masks, as documented
+
+
 def one_line_error(proc) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("libpng")]
     assert len(lines) == 1, proc.stderr
@@ -165,6 +187,7 @@ def one_line_error(proc) -> str:
     (["--dla-core", "0", "--dynamic-batch", "1:2:4"], "DLA needs a static shape"),
     (["--calib-count", "0"], "--calib-count 0 must be at least 1"),
     (["--workspace", "-1"], "--workspace -1.0 must be a positive number"),
+    (["--model", "u2net"], "u2net weights cannot be fetched automatically"),
     (["--gpu-fallback"], "only applies with --dla-core"),
     (["--fp16-mode", "flag"], "--fp16-mode flag needs BuilderFlag.FP16"),
     (["--dynamic-batch", "4:2:8"], "1 <= MIN <= OPT <= MAX"),
