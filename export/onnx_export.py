@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..config import wrong_arch_error
 from .._deps import require
 from ..errors import U2EdgeError, WeightsError
 from ..onnx_weights import onnx_arch
@@ -75,8 +76,6 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
     if source.suffix.lower() == ".onnx":
         found = onnx_arch(source)
         if found != arch:
-            from ..config import wrong_arch_error
-
             raise wrong_arch_error(arch, found, "ONNX")
         proto, reference, run_reference = _from_onnx(source, imgsz, batch, all_outputs)
         via = "graph"

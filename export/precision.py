@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .._deps import require
-from ..config import conv_layout
+from ..config import arch_of_conv_shapes, conv_layout
 from ..errors import EngineBuildError
 from ..processing import Preprocessing, postprocess, preprocess
 from . import quantize
@@ -133,13 +133,12 @@ def conv_macs(proto) -> dict[str, int]:
 
 def layer_names(proto) -> dict[str, str]:
     """ONNX conv node name -> the model's layer name (stage2d.rebnconv1d), by graph order."""
+    inits = {t.name: tuple(t.dims) for t in proto.graph.initializer}
     nodes = quantize.conv_nodes(proto)
-    arch = "u2net" if len(nodes) and np.prod(_weight_shape(proto, nodes[1])) > 16 * 64 * 9 else "u2netp"
+    arch = arch_of_conv_shapes([inits.get(n.input[1]) for n in nodes])
+    if arch is None:
+        return {n.name: n.name for n in nodes}
     return {node.name: conv.name for node, conv in zip(nodes, conv_layout(arch))}
-
-
-def _weight_shape(proto, node) -> list[int]:
-    return next(list(t.dims) for t in proto.graph.initializer if t.name == node.input[1])
 
 
 @dataclass
