@@ -125,14 +125,14 @@ def _from_onnx(source: Path, imgsz: int, batch: int | None, all_outputs: bool):
     def run_reference(x):
         return _ort_session(ref.SerializeToString()).run(None, {ref.graph.input[0].name: x})[:keep]
 
-    return proto, f"the source ONNX under ONNX Runtime", run_reference
+    return proto, "the source ONNX under ONNX Runtime", run_reference
 
 
 def _from_torch(source: Path, arch: str, imgsz: int, batch: int | None, all_outputs: bool):
     torch = require("torch")
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    from ..model import REBNCONV, U2Net, _build
+    from ..model import REBNCONV, _build
 
     model = _build(arch, source, fused_only=not all_outputs)
     for block in model.modules():

@@ -232,7 +232,6 @@ def test_bad_onnx_files(tmp_path):
 
 
 def test_every_parser_error_is_reported(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     from u2edge import trtcompat
