@@ -24,6 +24,7 @@ import numpy as np
 from .._deps import require
 from ..config import arch_of_conv_shapes, conv_layout
 from ..errors import EngineBuildError
+from ..metrics import agreement
 from ..processing import Preprocessing, postprocess, preprocess
 from . import quantize
 
@@ -42,9 +43,6 @@ class Gate:
 
     def passes(self, accuracy: "Accuracy") -> bool:
         return accuracy.min_iou >= self.min_iou and accuracy.mean_mae <= self.max_mae
-
-
-SUBJECT_FRACTION = 0.01  # an FP32 mask with less foreground than this has no subject to IoU
 
 
 @dataclass
@@ -80,14 +78,7 @@ class Evaluator:
         return out
 
     def score(self, proto, names: Sequence[str] | None = None) -> Accuracy:
-        per_image = {}
-        for name, mask in self.masks(proto, names).items():
-            ref = self.reference[name]
-            a, b = mask > 0.5, ref > 0.5
-            union = int((a | b).sum())
-            iou = float((a & b).sum() / union) if union else 1.0
-            per_image[name] = {"iou": round(iou, 5), "mae": round(float(np.abs(mask - ref).mean()), 6),
-                               "subject": bool(b.mean() >= SUBJECT_FRACTION)}
+        per_image = {name: agreement(mask, self.reference[name]) for name, mask in self.masks(proto, names).items()}
         ious = [v["iou"] for v in per_image.values() if v["subject"]]
         return Accuracy(min(ious, default=1.0), float(np.mean([v["mae"] for v in per_image.values()])), per_image)
 
@@ -160,8 +151,12 @@ class Int8Result:
 
 
 def to_int8(fp32, calib_batches, evaluator: Evaluator, *, method: str = "minmax", gate: Gate = Gate(),
-            search: bool = True, progress: Callable[[str, int, int], None] | None = None) -> Int8Result:
-    """Calibrate on real images, quantize, and search for the float layers the gate needs."""
+            search: bool = True, unsigned: bool = False,
+            progress: Callable[[str, int, int], None] | None = None) -> Int8Result:
+    """Calibrate on real images, quantize, and search for the float layers the gate needs.
+
+    ``unsigned``: non-negative activations in UINT8 (the CPU scheme) instead of symmetric INT8.
+    """
     progress = progress or (lambda stage, done, total: None)
     calib_batches = list(calib_batches)
     ranges = quantize.calibrate(fp32, calib_batches, method,
@@ -171,14 +166,18 @@ def to_int8(fp32, calib_batches, evaluator: Evaluator, *, method: str = "minmax"
     tail = quantize.tail_convs(fp32)
     candidates = [n.name for n in quantize.conv_nodes(fp32) if n.name not in tail and n.input[0] in ranges]
     total_macs = sum(macs.values()) or 1
+    positive = quantize.nonnegative_inputs(fp32) if unsigned else set()
+
+    def quantized(keep_float=()):
+        return quantize.quantize(fp32, ranges, keep_float=keep_float, unsigned=positive)
 
     def result(keep: list[str], acc: Accuracy, naive: Accuracy, sens: dict[str, float], passed: bool):
-        proto = quantize.quantize(fp32, ranges, keep_float=keep)
+        proto = quantized(keep)
         return Int8Result(proto, acc, naive, [names.get(k, k) for k in keep], len(candidates) - len(keep),
                           round(sum(macs.get(k, 0) for k in keep) / total_macs, 4),
                           {names.get(k, k): v for k, v in sens.items()}, passed)
 
-    naive = evaluator.score(quantize.quantize(fp32, ranges))
+    naive = evaluator.score(quantized())
     log.info("INT8 with every conv quantized: %s", naive.line())
     if gate.passes(naive) or not search:
         return result([], naive, naive, {}, gate.passes(naive))
@@ -188,7 +187,7 @@ def to_int8(fp32, calib_batches, evaluator: Evaluator, *, method: str = "minmax"
     hardest = sorted(with_subject, key=lambda k: naive.per_image[k]["iou"])[:3]
     sensitivity = {}
     for i, conv in enumerate(candidates):
-        alone = evaluator.score(quantize.quantize(fp32, ranges, keep_float=[c for c in candidates if c != conv]),
+        alone = evaluator.score(quantized([c for c in candidates if c != conv]),
                                 hardest)
         sensitivity[conv] = round((1.0 - alone.min_iou) + 10.0 * alone.mean_mae, 6)
         progress("sensitivity", i + 1, len(candidates))
@@ -197,7 +196,7 @@ def to_int8(fp32, calib_batches, evaluator: Evaluator, *, method: str = "minmax"
     best = (naive, [])
     for step, k in enumerate(_KEEP_STEPS):
         keep = order[:k]
-        acc = evaluator.score(quantize.quantize(fp32, ranges, keep_float=keep))
+        acc = evaluator.score(quantized(keep))
         progress("gate search", step + 1, len(_KEEP_STEPS))
         log.debug("INT8 keeping %d convs float: %s", k, acc.line())
         if gate.passes(acc):

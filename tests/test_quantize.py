@@ -65,3 +65,35 @@ def test_kl_threshold_clips_a_long_tail_and_keeps_a_uniform_range():
     assert quantize._kl_threshold(uniform, 10.0) > 9.0
     tailed = np.concatenate([rng.exponential(1.0, 100_000), [500.0]])
     assert quantize._kl_threshold(tailed, 500.0) < 100.0
+
+
+def test_cpu_scheme_makes_relu_fed_activations_unsigned(fp32, ranges):
+    convs = quantize.conv_nodes(fp32)
+    positive = quantize.nonnegative_inputs(fp32)
+    # all but the first conv (the normalized image) and outconv (the side logits) follow a ReLU
+    assert positive == {c.input[0] for c in convs[1:-1]}
+    q = quantize.quantize(fp32, ranges, unsigned=positive)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    for node in (n for n in q.graph.node if n.op_type == "QuantizeLinear"):
+        scale, zero = inits[node.input[1]], inits[node.input[2]]
+        assert zero.item() == 0
+        if node.input[0] in positive:
+            assert zero.dtype == np.uint8 and np.isclose(scale, ranges[node.input[0]] / 255)
+        else:
+            assert zero.dtype == np.int8 and np.isclose(scale, ranges[node.input[0]] / 127)
+
+
+def test_unsigned_activations_are_never_negative_on_a_photo(fp32, photos):
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(fp32)
+    first = quantize.conv_nodes(fp32)[0].input[0]
+    names = sorted(quantize.nonnegative_inputs(fp32))
+    for name in names:
+        probe.graph.output.add().name = name
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = preprocess(photos["astronaut.png"], Preprocessing())[None]
+    values = dict(zip(names, session.run(names, {first: x})))
+    assert min(float(v.min()) for v in values.values()) >= 0.0
+    assert x.min() < 0  # while the image input is signed

@@ -1,4 +1,5 @@
-"""Salient-object-detection metrics in numpy: MAE, max F-beta, S-measure and E-measure.
+"""Salient-object-detection metrics in numpy: MAE, max F-beta, S-measure and E-measure; and the
+agreement of a mask with a reference mask (IoU and MAE), which the INT8 gate and ``u2edge bench`` use.
 
 Definitions follow the papers the SOD literature reports (and PySODMetrics implements, which the
 tests compare against): predictions are min-max normalised to [0, 1], ground truth is ``> 0.5``.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SODMetrics", "normalize_pair", "mae", "f_curve", "s_measure", "e_curve"]
+__all__ = ["SODMetrics", "normalize_pair", "mae", "f_curve", "s_measure", "e_curve", "SUBJECT_FRACTION", "agreement"]
 
 _EPS = np.spacing(1)
 BETA2 = 0.3
@@ -40,6 +41,20 @@ def normalize_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def mae(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.abs(pred - gt).mean())
+
+
+# a reference mask with less foreground than this has no subject, and IoU against it measures stray pixels
+SUBJECT_FRACTION = 0.01
+
+
+def agreement(mask: np.ndarray, reference: np.ndarray) -> dict:
+    """IoU (at 0.5) and MAE of a [0, 1] mask against a reference mask of the same size, and
+    whether the reference has a subject (IoU is meaningful only then)."""
+    a, b = mask > 0.5, reference > 0.5
+    union = int((a | b).sum())
+    return {"iou": round(float((a & b).sum() / union) if union else 1.0, 5),
+            "mae": round(float(np.abs(mask.astype(np.float32) - reference.astype(np.float32)).mean()), 6),
+            "subject": bool(b.mean() >= SUBJECT_FRACTION)}
 
 
 def _counts_above(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
