@@ -1,5 +1,8 @@
 """``build_engine``: U-2-Net -> FP32/FP16/INT8 graph -> accuracy gate -> TensorRT plan + sidecar.
 
+An output named ``.onnx`` is a CPU model instead of a plan: the same graph, gate and sidecar, with
+INT8 in the CPU scheme (unsigned activations) that OpenVINO runs on VNNI/AMX, and no TensorRT.
+
 The identity of an engine hashes everything that determines it (source weights, export options,
 TensorRT flavour and version, GPU or targets, precision, shapes, calibration data, build options);
 the same build twice reuses the engine, and any change rebuilds it. A lock file serialises
@@ -32,7 +35,7 @@ from ..processing import Preprocessing, preprocess
 from ..sidecar import Precision, identity_hash, read_sidecar, sidecar_path, write_sidecar
 from ..weights import cache_dir, default_onnx, sha256_file
 from . import precision as prec
-from .graph import set_image_shape
+from .graph import set_image_shape, set_metadata
 from .onnx_export import check_imgsz, export_onnx
 
 __all__ = ["BuildOptions", "BuildResult", "build_engine", "split_calibration"]
@@ -169,33 +172,38 @@ def build_engine(options: BuildOptions, progress: Progress | None = None) -> Bui
             raise U2EdgeError("DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla-core")
         if opts.dynamic_batch:
             raise U2EdgeError("DLA needs a static shape; use --batch N instead of --dynamic-batch with --dla-core")
-    trt = trtcompat.load(opts.tensorrt)
-    if opts.fp16_mode == "flag" and not trt.has_fp16_flag:
+    output = Path(opts.output)
+    cpu = output.suffix.lower() == ".onnx"
+    if cpu:
+        _check_cpu_options(opts)
+        trt = None
+    else:
+        trt = trtcompat.load(opts.tensorrt)
+    if trt is not None and opts.fp16_mode == "flag" and not trt.has_fp16_flag:
         raise U2EdgeError(f"--fp16-mode flag needs BuilderFlag.FP16, which {trt.name} does not have; "
                           "use --fp16-mode typed")
     source = Path(opts.onnx or opts.weights or default_onnx(opts.arch))
     if not source.is_file():
         raise U2EdgeError(f"{'--onnx' if opts.onnx else '--weights'} {source}: no such file")
-    output = Path(opts.output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the folder of -o {output}: {exc.strerror}") from exc
     calibration, held_out = split_calibration(Path(opts.calib_dir), opts.calib_count) if opts.calib_dir else ([], [])
 
-    device = gpu_identity() if trt.flavour == "tensorrt" else None
+    device = gpu_identity() if trt is not None and trt.flavour == "tensorrt" else None
     targets = None
-    if trt.has_compute_capabilities:
+    if trt is not None and trt.has_compute_capabilities:
         targets = opts.targets or trt.compute_capabilities()
-    elif opts.targets:
+    elif trt is not None and opts.targets:
         trt.set_targets(None, opts.targets)  # raises: this TensorRT builds for its own GPU
     shapes = _shapes(opts)
     identity_inputs = {
         "u2edge": __version__,
         "source_sha256": sha256_file(source),
         "arch": opts.arch,
-        "tensorrt": trt.name,
-        "device": device or {"targets": targets},
+        "tensorrt": trt.name if trt else None,
+        "device": device or ({"targets": targets} if trt else "cpu"),
         "precision": opts.precision.value,
         "shapes": shapes,
         "calibration": {"sha256": _files_hash(calibration + held_out), "method": opts.calib_method,
@@ -222,6 +230,19 @@ def build_engine(options: BuildOptions, progress: Progress | None = None) -> Bui
         write_bytes_atomic(output, plan)
         write_sidecar(output, sidecar)
     return BuildResult(output, sidecar, reused=False)
+
+
+def _check_cpu_options(opts: BuildOptions) -> None:
+    """A .onnx output is a CPU model: refuse the options that only mean something to TensorRT."""
+    given = [flag for flag, value in (("--workspace", opts.workspace), ("--opt-level", opts.opt_level),
+                                      ("--timing-cache", opts.timing_cache), ("--dla-core", opts.dla_core),
+                                      ("--target", opts.targets), ("--tensorrt", opts.tensorrt))
+             if value is not None]
+    if opts.fp16_mode != "typed":
+        given.append("--fp16-mode")
+    if given:
+        raise U2EdgeError(f"{', '.join(given)} only apply to TensorRT engines, and -o {opts.output} names a .onnx "
+                          "CPU model; drop them, or name the output .engine")
 
 
 def _shapes(opts: BuildOptions) -> dict:
@@ -257,7 +278,7 @@ def _build(opts: BuildOptions, trt, source: Path, calibration, held_out, shapes,
     elif opts.precision is Precision.INT8:
         batches = (preprocess(read_image(p), spec)[None] for p in calibration)
         result = prec.to_int8(fp32, batches, evaluator, method=opts.calib_method, gate=opts.gate,
-                              search=not opts.no_gate, progress=progress)
+                              search=not opts.no_gate, unsigned=trt is None, progress=progress)
         accuracy.update(measured=asdict(result.accuracy), int8=result.report(), method=opts.calib_method)
         if not opts.no_gate and not result.passed:
             prec.require_gate("INT8", result.accuracy, opts.gate,
@@ -267,19 +288,22 @@ def _build(opts: BuildOptions, trt, source: Path, calibration, held_out, shapes,
     else:
         accuracy.update(measured=None, note="FP32 is the reference" if opts.precision is Precision.FP32
                         else "FP16 by builder flag: TensorRT picks layer precisions, not measurable on the CPU")
+    graph = copy.deepcopy(graph) if graph is fp32 else graph
     if not opts.dynamic_batch:
-        graph = copy.deepcopy(graph) if graph is fp32 else graph
         set_image_shape(graph.graph, opts.batch, opts.imgsz)
     progress("building engine", 0, 1)
     build_started = time.perf_counter()
-    plan, io = _trt_build(opts, trt, graph, shapes, targets)
+    if trt is None:
+        plan, io = _cpu_model(opts, graph)
+    else:
+        plan, io = _trt_build(opts, trt, graph, shapes, targets)
     progress("building engine", 1, 1)
     return {
         "_plan": plan,
         "format": "u2edge-engine-sidecar/1",
         "u2edge": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "tensorrt": {"flavour": trt.flavour, "version": trt.version},
+        "tensorrt": {"flavour": trt.flavour, "version": trt.version} if trt else None,
         "device": device, "targets": targets,
         "precision": opts.precision.value,
         "arch": opts.arch,
@@ -352,6 +376,19 @@ def _trt_build(opts: BuildOptions, trt, graph, shapes: dict, targets) -> tuple[b
     io = {"inputs": [_tensor_info(network.get_input(i)) for i in range(network.num_inputs)],
           "outputs": [_tensor_info(network.get_output(i)) for i in range(network.num_outputs)]}
     return bytes(plan), io
+
+
+def _cpu_model(opts: BuildOptions, graph) -> tuple[bytes, dict]:
+    """The graph itself is the CPU model; its metadata names its precision for the runtime."""
+    set_metadata(graph, {"u2edge.precision": opts.precision.value})
+    require("onnx").checker.check_model(graph)
+
+    def info(value) -> dict:
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+        return {"name": value.name, "shape": dims, "dtype": "float"}
+
+    return graph.SerializeToString(), {"inputs": [info(v) for v in graph.graph.input],
+                                       "outputs": [info(v) for v in graph.graph.output]}
 
 
 def _tensor_info(tensor) -> dict:

@@ -66,7 +66,8 @@ def official_onnx() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(official_onnx) -> U2EdgeEngine:
-    with U2EdgeEngine(official_onnx) as eng:
+    """The official U2-NetP on ONNX Runtime: the FP32 reference every other backend is held to."""
+    with U2EdgeEngine(official_onnx, backend="onnxruntime") as eng:
         yield eng
 
 
@@ -125,3 +126,15 @@ def calib_dir(photo_dir, tmp_path_factory) -> Path:
     for i, name in enumerate(CALIBRATION):
         shutil.copy(photo_dir / name, folder / f"{i:02d}_{name}")
     return folder
+
+
+@pytest.fixture(scope="session")
+def cpu_int8(calib_dir, tmp_path_factory):
+    """The official U2-NetP as a CPU INT8 model (``u2edge build -o NAME.onnx``), calibrated on
+    15 photos; the 5 test photos are its held-out images."""
+    pytest.importorskip("onnx", reason="building needs the export extra: pip install -e '.[export]'")
+    from u2edge.export.build import BuildOptions, build_engine
+    from u2edge.sidecar import Precision
+
+    return build_engine(BuildOptions(output=tmp_path_factory.mktemp("cpu") / "u2netp_int8.onnx",
+                                     precision=Precision.INT8, calib_dir=calib_dir))

@@ -6,11 +6,13 @@ Examples:
   u2edge build --precision fp16 --dynamic-batch 1:4:8 --workspace 2 -o u2netp_dyn.engine
   u2edge build --precision fp16 --dla-core 0 --gpu-fallback -o u2netp_dla.engine   # Jetson Xavier/Orin
   u2edge build --precision int8 --calib-dir shots/ --target sm86,sm89 -o u2netp.engine  # TensorRT-RTX, no GPU
+  u2edge build --precision int8 --calib-dir shots/ -o u2netp_int8.onnx   # CPU model (OpenVINO), no TensorRT
 
 Build on the device that will run the engine: plans do not move between TensorRT versions or GPUs.
 INT8 is calibrated on --calib-dir (every 4th image is held out to measure accuracy) and must pass
 the gate (min mask IoU >= 0.97, mean MAE <= 0.01 against FP32); convs that hurt it most stay in
-float. The same build twice reuses the engine; --force rebuilds it.
+float. The same build twice reuses the engine; --force rebuilds it. An output named .onnx is a CPU
+model rather than a plan: the INT8 graph that `u2edge image --engine` runs on OpenVINO (VNNI/AMX).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trt.add_argument("--tensorrt", choices=("tensorrt", "tensorrt_rtx"), help="which TensorRT to use "
                                                                               "(default: tensorrt if installed)")
     parser.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
-    parser.add_argument("-o", "--output", required=True, metavar="MODEL.engine", help="where to write the engine")
+    parser.add_argument("-o", "--output", required=True, metavar="MODEL.engine",
+                        help="where to write the engine (.engine or .plan); a .onnx name writes a CPU model")
     add_json_option(parser)
 
 
@@ -122,9 +125,10 @@ def report_rows(path: Path, sidecar: dict, reused: bool) -> list[tuple[str, str]
                 f"{len(acc.get('held_out', []))} held-out images" if measured else acc.get("note", "not measured"))
     rows = [("engine", f"{path} ({'reused, identical identity' if reused else 'built'})"),
             ("precision", sidecar["precision"]),
-            ("tensorrt", f"{sidecar['tensorrt']['flavour']} {sidecar['tensorrt']['version']}"),
+            ("tensorrt", f"{sidecar['tensorrt']['flavour']} {sidecar['tensorrt']['version']}" if sidecar["tensorrt"]
+             else "none (a CPU model for OpenVINO or ONNX Runtime)"),
             ("for", ", ".join(sidecar["targets"]) if sidecar.get("targets")
-             else (sidecar.get("device") or {}).get("gpu", "this GPU")),
+             else "CPU" if not sidecar["tensorrt"] else (sidecar.get("device") or {}).get("gpu", "this GPU")),
             ("accuracy", accuracy)]
     int8 = acc.get("int8")
     if int8:
@@ -133,7 +137,8 @@ def report_rows(path: Path, sidecar: dict, reused: bool) -> list[tuple[str, str]
                                     f"({int8['float_mac_fraction'] * 100:.1f}% of conv MACs)"))
         naive = int8["naive"]
         rows.append(("all-int8 would be", f"min IoU {naive['min_iou']:.4f}, mean MAE {naive['mean_mae']:.4f}"))
-    rows += [("build time", f"{sidecar['build_seconds']:.1f} s TensorRT, {sidecar['total_seconds']:.1f} s in all"),
+    rows += [("build time", f"{sidecar['build_seconds']:.1f} s {'TensorRT' if sidecar['tensorrt'] else 'writing'}, "
+                            f"{sidecar['total_seconds']:.1f} s in all"),
              ("engine size", f"{sidecar['engine_bytes'] / 1e6:.1f} MB"),
              ("sidecar", f"{path}.json (identity {sidecar['identity']})")]
     return rows
