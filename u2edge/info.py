@@ -14,7 +14,7 @@ import shutil
 import sys
 
 from . import __version__
-from .backends import SUFFIXES
+from .backends import SUFFIXES, choose
 from .weights import WEIGHTS, cache_dir
 
 __all__ = ["collect"]
@@ -78,6 +78,24 @@ def _gpus() -> list[str]:
     return names
 
 
+def _cpu() -> dict:
+    """The CPU's name and the INT8 instruction sets the fast path uses (Linux /proc/cpuinfo)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    if match:
+        name = match.group(1).strip()
+    match = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    if match:
+        flags = set(match.group(1).split())
+    wanted = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "amx_int8": "AMX-INT8"}
+    return {"name": name, "cores": os.cpu_count(), "int8_features": [v for k, v in wanted.items() if k in flags]}
+
+
 def collect() -> dict:
     default = cache_dir() / f"{WEIGHTS['u2netp'].name}.onnx"
     return {
@@ -91,10 +109,12 @@ def collect() -> dict:
         "onnx": _module_version("onnx", "onnx"),
         "tensorrt": _module_version("tensorrt", "tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
         "tensorrt_rtx": _module_version("tensorrt_rtx", "tensorrt-rtx-cu13-bindings", "tensorrt-rtx"),
+        "openvino": _module_version("openvino", "openvino"),
         "cuda_python": _module_version("cuda", "cuda-python", "cuda-bindings"),
         "pycuda": _module_version("pycuda", "pycuda"),
         "gpus": _gpus(),
         "nvidia_smi": shutil.which("nvidia-smi") is not None,
-        "backends": {suffix: module for suffix, (module, _) in SUFFIXES.items()},
+        "cpu": _cpu(),
+        "backends": {suffix: choose(f"model{suffix}") for suffix in SUFFIXES},
         "default_weights": {"path": str(default), "cached": default.exists()},
     }

@@ -1,4 +1,10 @@
-"""Backends, chosen by the model file's suffix. Each module holds one backend class."""
+"""Backends, chosen by the model file's suffix. Each module holds one backend class.
+
+A suffix lists the backends that can run it, best first; the first one installed runs the file,
+unless the caller names one (``backend="onnxruntime"``). OpenVINO comes first for ``.onnx``
+because it is installed only by the CPU fast-path extra (``pip install 'u2edge[cpu]'``), which
+runs INT8 graphs on VNNI/AMX where ONNX Runtime has no fast INT8 path for them.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,43 @@ from pathlib import Path
 from ..errors import ModelFormatError
 from .base import Backend
 
-__all__ = ["Backend", "open_backend", "SUFFIXES"]
+__all__ = ["Backend", "BACKENDS", "SUFFIXES", "choose", "open_backend"]
 
-# suffix -> (module, class); modules are imported only when their suffix is used
-SUFFIXES: dict[str, tuple[str, str]] = {
-    ".onnx": ("onnxruntime", "OnnxRuntimeBackend"),
-    ".pth": ("torch", "TorchBackend"),
-    ".pt": ("torch", "TorchBackend"),
+# name -> (module, class); modules are imported only when their backend is used
+BACKENDS: dict[str, tuple[str, str]] = {
+    "openvino": ("openvino", "OpenVinoBackend"),
+    "onnxruntime": ("onnxruntime", "OnnxRuntimeBackend"),
+    "torch": ("torch", "TorchBackend"),
+}
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    ".onnx": ("openvino", "onnxruntime"),
+    ".pth": ("torch",),
+    ".pt": ("torch",),
 }
 
 
-def open_backend(path: str | os.PathLike, **options) -> Backend:
+def _backend_class(name: str) -> type[Backend]:
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(f".{module}", __name__), cls)
+
+
+def choose(path: str | os.PathLike, backend: str | None = None) -> str:
+    """The backend that runs ``path``: ``backend`` if it can, else the first installed one."""
     path = Path(path)
-    entry = SUFFIXES.get(path.suffix.lower())
-    if entry is None:
+    names = SUFFIXES.get(path.suffix.lower())
+    if names is None:
         raise ModelFormatError(f"no backend for '{path.suffix or path.name}' files: {path}; "
                                f"use one of {', '.join(SUFFIXES)}")
-    if not path.is_file():
+    if backend is not None:
+        if backend not in names:
+            raise ModelFormatError(f"backend {backend!r} cannot run {path.suffix} files; "
+                                   f"use one of {', '.join(names)}")
+        return backend
+    return next((n for n in names if _backend_class(n).installed()), names[-1])
+
+
+def open_backend(path: str | os.PathLike, backend: str | None = None, **options) -> Backend:
+    name = choose(path, backend)
+    if not Path(path).is_file():
         raise ModelFormatError(f"model file not found: {path}")
-    module = importlib.import_module(f".{entry[0]}", __name__)
-    return getattr(module, entry[1])(path, **options)
+    return _backend_class(name)(path, **options)

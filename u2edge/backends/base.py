@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._deps import available
 from ..processing import Preprocessing
 
 __all__ = ["Backend"]
@@ -21,8 +22,14 @@ class Backend(abc.ABC):
 
     suffixes: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str] = ""
+    requires: ClassVar[str] = ""  # the top-level module it runs on
     preprocessing: Preprocessing
     batch_size: int | None
+
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether the module it runs on is installed (checked without importing it)."""
+        return available(cls.requires)
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:

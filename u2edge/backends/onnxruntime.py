@@ -18,6 +18,7 @@ __all__ = ["OnnxRuntimeBackend"]
 class OnnxRuntimeBackend(Backend):
     suffixes = (".onnx",)
     name = "onnxruntime"
+    requires = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None,
                  threads: int | None = None) -> None:

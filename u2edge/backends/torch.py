@@ -16,6 +16,7 @@ __all__ = ["TorchBackend"]
 class TorchBackend(Backend):
     suffixes = (".pth", ".pt")
     name = "torch"
+    requires = "torch"
 
     def __init__(self, path: str | os.PathLike, *, imgsz: int = 320) -> None:
         self._torch = require("torch")

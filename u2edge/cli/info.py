@@ -21,12 +21,21 @@ def _yes(value) -> str:
     return "yes" if value else "no"
 
 
+def _fast_path(info: dict) -> str:
+    if info["backends"].get(".onnx") != "openvino":
+        return "off: .onnx runs on ONNX Runtime; pip install 'u2edge[cpu]' for OpenVINO"
+    if not info["cpu"]["int8_features"]:
+        return "OpenVINO, but this CPU has no VNNI/AMX: INT8 gains little"
+    return ("on: .onnx runs on OpenVINO; INT8 models from u2edge build --precision int8 -o MODEL.onnx "
+            f"use {', '.join(info['cpu']['int8_features'])}")
+
+
 def run(args: argparse.Namespace) -> int:
     info = collect()
     if args.json:
         print_json(info)
         return 0
-    cv, ort = info["opencv"], info["onnxruntime"]
+    cv, ort, cpu = info["opencv"], info["onnxruntime"], info["cpu"]
     missing = "not installed"
     rows = [
         ("u2edge", info["u2edge"]),
@@ -35,14 +44,17 @@ def run(args: argparse.Namespace) -> int:
         ("opencv", f"{cv['version']} (GStreamer {_yes(cv.get('gstreamer'))}, V4L2 {_yes(cv.get('v4l2'))}, "
                    f"FFmpeg {_yes(cv.get('ffmpeg'))}, GUI {cv.get('gui') or 'none'})" if cv["version"] else missing),
         ("onnxruntime", f"{ort['version']} (providers: {', '.join(ort['providers'])})" if ort["version"] else missing),
+        ("openvino", info["openvino"] or f"{missing} (the CPU fast path: pip install 'u2edge[cpu]')"),
         ("torch", info["torch"] or f"{missing} (needed for .pth models and torch export)"),
         ("onnx", info["onnx"] or f"{missing} (needed for export)"),
         ("tensorrt", info["tensorrt"] or missing),
         ("tensorrt_rtx", info["tensorrt_rtx"] or missing),
         ("cuda-python", info["cuda_python"] or missing),
         ("pycuda", info["pycuda"] or missing),
+        ("cpu", f"{cpu['name']}, {cpu['cores']} cores ({', '.join(cpu['int8_features']) or 'no VNNI/AMX'})"),
         ("gpus", ", ".join(info["gpus"]) or "none found"),
         ("backends", ", ".join(f"{s} -> {m}" for s, m in info["backends"].items())),
+        ("cpu fast path", _fast_path(info)),
         ("default model", f"{info['default_weights']['path']} "
                           f"({'cached' if info['default_weights']['cached'] else 'fetched on first use'})"),
     ]
