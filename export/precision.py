@@ -136,7 +136,7 @@ def layer_names(proto) -> dict[str, str]:
 class Int8Result:
     proto: object
     accuracy: Accuracy
-    naive: Accuracy  # every conv but the tail in INT8
+    naive: Accuracy  # every conv the scheme quantizes in INT8
     kept_float: list[str]  # model layer names
     int8_convs: int
     float_mac_fraction: float  # of all conv MACs, how much stays float beyond the tail
@@ -155,7 +155,10 @@ def to_int8(fp32, calib_batches, evaluator: Evaluator, *, method: str = "minmax"
             progress: Callable[[str, int, int], None] | None = None) -> Int8Result:
     """Calibrate on real images, quantize, and search for the float layers the gate needs.
 
-    ``unsigned``: non-negative activations in UINT8 (the CPU scheme) instead of symmetric INT8.
+    ``unsigned``: the CPU scheme. Non-negative activations are UINT8 instead of symmetric INT8, and
+    only convs with such inputs are quantized: the first conv, fed by the signed image, stays
+    float (under 1% of the MACs; on the scikit-image photos it lifts OpenVINO's min IoU from
+    0.966 to 0.973 for 1.3 ms).
     """
     progress = progress or (lambda stage, done, total: None)
     calib_batches = list(calib_batches)
@@ -164,21 +167,24 @@ def to_int8(fp32, calib_batches, evaluator: Evaluator, *, method: str = "minmax"
     names = layer_names(fp32)
     macs = conv_macs(fp32)
     tail = quantize.tail_convs(fp32)
-    candidates = [n.name for n in quantize.conv_nodes(fp32) if n.name not in tail and n.input[0] in ranges]
-    total_macs = sum(macs.values()) or 1
     positive = quantize.nonnegative_inputs(fp32) if unsigned else set()
+    convs = [n for n in quantize.conv_nodes(fp32) if n.name not in tail and n.input[0] in ranges]
+    fixed = [n.name for n in convs if n.input[0] not in positive] if unsigned else []  # always float
+    candidates = [n.name for n in convs if n.name not in fixed]
+    total_macs = sum(macs.values()) or 1
 
     def quantized(keep_float=()):
-        return quantize.quantize(fp32, ranges, keep_float=keep_float, unsigned=positive)
+        return quantize.quantize(fp32, ranges, keep_float=fixed + list(keep_float), unsigned=positive)
 
     def result(keep: list[str], acc: Accuracy, naive: Accuracy, sens: dict[str, float], passed: bool):
         proto = quantized(keep)
-        return Int8Result(proto, acc, naive, [names.get(k, k) for k in keep], len(candidates) - len(keep),
-                          round(sum(macs.get(k, 0) for k in keep) / total_macs, 4),
+        floats = fixed + keep
+        return Int8Result(proto, acc, naive, [names.get(k, k) for k in floats], len(candidates) - len(keep),
+                          round(sum(macs.get(k, 0) for k in floats) / total_macs, 4),
                           {names.get(k, k): v for k, v in sens.items()}, passed)
 
     naive = evaluator.score(quantized())
-    log.info("INT8 with every conv quantized: %s", naive.line())
+    log.info("INT8 with all %d quantizable convs in INT8: %s", len(candidates), naive.line())
     if gate.passes(naive) or not search:
         return result([], naive, naive, {}, gate.passes(naive))
 

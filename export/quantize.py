@@ -6,7 +6,8 @@ per-tensor activation scales, per-channel weight scales, biases left in float. T
 can never be negative (ReLU outputs, and pools, resizes and concatenations of them) are unsigned
 INT8 with zero point 0 instead: twice the resolution, and the form OpenVINO's INT8 kernels run
 correctly (with signed activations its CPU plugin gave masks at IoU 0.12 where ONNX Runtime's
-simulation of the same graph gave 0.95).
+simulation of the same graph gave 0.95). ``precision.to_int8`` then leaves the one conv with a
+signed input, the first, in float.
 
 Measured on U2-NetP: activation ranges must not be clipped (entropy and percentile thresholds
 destroy the masks, because the large activations carry the salient signal), and giving each

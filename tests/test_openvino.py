@@ -42,11 +42,12 @@ def test_cpu_int8_model(cpu_int8):
     model = onnx.load(str(cpu_int8.path))
     assert {p.key: p.value for p in model.metadata_props}["u2edge.precision"] == "int8"
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    image = model.graph.input[0].name
     zeros = {n.input[0]: inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    # the image input is signed (if its conv is quantized at all); every other quantized activation
-    # follows a ReLU, so it is unsigned
-    assert len(zeros) > 100 and all(dtype == (np.int8 if name == image else np.uint8) for name, dtype in zeros.items())
+    # every quantized activation follows a ReLU, so it is unsigned; the first conv, fed by the
+    # signed image, stays float
+    assert len(zeros) > 100 and all(dtype == np.uint8 for dtype in zeros.values())
+    assert model.graph.input[0].name not in zeros
+    assert side["accuracy"]["int8"]["kept_float"][0] == "stage1.rebnconvin"
 
 
 def test_cpu_int8_on_openvino_holds_the_gate_on_held_out_photos(cpu_int8, engine, photos):
