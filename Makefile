@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make demo   cuts real photos out with the official U2-NetP on the CPU (writes out/)
 #   make test   runs the test suite
-# Both create the virtual environment .venv on first use.
+# Both create the virtual environment .venv on first use. Also:
+#   make bench  u2edge bench against rembg and PyTorch on the CPU (writes bench.json and bench.png)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 PHOTOS := astronaut.png chelsea.png coffee.png rocket.jpg motorcycle_left.png
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 # runtime only (numpy, OpenCV, ONNX Runtime) plus scikit-image for its sample photos
 $(VENV)/.demo: pyproject.toml
@@ -17,11 +18,13 @@ $(VENV)/.demo: pyproject.toml
 	$(PIP) -e . scikit-image
 	touch $@
 
-# everything the tests use; torch is pinned first so pip takes the CPU build, not CUDA packages
-$(VENV)/.test: pyproject.toml
+# everything the tests and the benchmark use; torch is pinned first so pip takes the CPU build,
+# not CUDA packages; rembg, the benchmark's peer, gets a virtual environment of its own
+$(VENV)/.test: pyproject.toml benchmarks/setup_rembg.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[export,dev,rtx]'
+	$(PIP) -e '.[export,dev,rtx,cpu]'
+	benchmarks/setup_rembg.sh $(PY)
 	touch $@
 
 demo: $(VENV)/.demo
@@ -31,5 +34,8 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(PY) -m pytest
 
+bench: $(VENV)/.test
+	$(VENV)/bin/u2edge bench --json-out bench.json --plot bench.png
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out bench.json bench.png

@@ -21,8 +21,9 @@ log = logging.getLogger("u2edge")
 class U2EdgeEngine:
     """Salient-object masks from any U-2-Net model file.
 
-    ``path`` picks the backend by suffix (``.onnx`` ONNX Runtime, ``.pth``/``.pt`` PyTorch);
-    None means the official U2-NetP, fetched once into the user cache. ``engine(frame)`` takes an
+    ``path`` picks the backend by suffix (``.onnx`` OpenVINO if installed, else ONNX Runtime;
+    ``.pth``/``.pt`` PyTorch), or ``backend="onnxruntime"`` names one; None means the official
+    U2-NetP, fetched once into the user cache. ``engine(frame)`` takes an
     HxWx3 uint8 BGR frame (RGB with ``rgb=True``) and returns a new HxW float32 mask in [0, 1].
 
         with U2EdgeEngine() as engine:
