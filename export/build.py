@@ -243,6 +243,9 @@ def _check_cpu_options(opts: BuildOptions) -> None:
     if given:
         raise U2EdgeError(f"{', '.join(given)} only apply to TensorRT engines, and -o {opts.output} names a .onnx "
                           "CPU model; drop them, or name the output .engine")
+    if opts.precision is Precision.FP16:
+        raise U2EdgeError(f"-o {opts.output} names a .onnx CPU model, which is int8 or fp32; CPUs gain nothing "
+                          "from FP16: use --precision int8, or name the output .engine for a GPU")
 
 
 def _shapes(opts: BuildOptions) -> dict:

@@ -68,6 +68,8 @@ def test_cpu_model_refuses_tensorrt_options(tmp_path):
     with pytest.raises(U2EdgeError, match=r"--workspace, --target only apply to TensorRT engines.*\.onnx CPU model"):
         build_engine(BuildOptions(output=tmp_path / "m.onnx", precision=Precision.FP32, workspace=1.0,
                                   targets=["sm86"]))
+    with pytest.raises(U2EdgeError, match="a .onnx CPU model, which is int8 or fp32"):
+        build_engine(BuildOptions(output=tmp_path / "m.onnx", precision=Precision.FP16))
     assert not list(tmp_path.iterdir())
 
 
@@ -82,3 +84,19 @@ def test_info_names_the_fast_path():
     out = run_cli("info").stdout
     assert "cpu fast path  on: .onnx runs on OpenVINO" in out
     assert ".onnx -> openvino" in out
+
+
+def test_openvino_refuses_a_corrupt_or_foreign_model(tmp_path, official_onnx):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(official_onnx.read_bytes()[:5000])
+    with pytest.raises(ModelFormatError, match=r"cannot load .*corrupt.onnx with OpenVINO .*corrupt or not an ONNX"):
+        U2EdgeEngine(corrupt, backend="openvino")
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "relu.onnx"))
+    with pytest.raises(ModelFormatError, match=r"relu.onnx is not a U-2-Net graph: inputs \[\('x', '\[1,4\]'\)\]"):
+        U2EdgeEngine(tmp_path / "relu.onnx", backend="openvino")
