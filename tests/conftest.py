@@ -138,3 +138,29 @@ def cpu_int8(calib_dir, tmp_path_factory):
 
     return build_engine(BuildOptions(output=tmp_path_factory.mktemp("cpu") / "u2netp_int8.onnx",
                                      precision=Precision.INT8, calib_dir=calib_dir))
+
+
+def make_clip(path: Path, subject: np.ndarray, background: np.ndarray, *, frames: int, size: tuple[int, int],
+              fps: float) -> Path:
+    """A video of ``subject`` sliding left to right over ``background`` (real photos), one step a frame."""
+    import cv2
+
+    fourcc = "MJPG" if path.suffix == ".avi" else "mp4v"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    back = cv2.resize(background, size, interpolation=cv2.INTER_AREA)
+    sub = cv2.resize(subject, (size[0] // 2, size[1] // 2), interpolation=cv2.INTER_AREA)
+    for i in range(frames):
+        frame = back.copy()
+        x, y = (size[0] - sub.shape[1]) * i // max(frames - 1, 1), size[1] // 4
+        frame[y:y + sub.shape[0], x:x + sub.shape[1]] = sub
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip(photos, photo_dir, tmp_path_factory) -> Path:
+    """10 frames, 320x240 at 10 FPS: the cat walking over grass."""
+    grass = read_image(photo_dir / "grass.png")
+    return make_clip(tmp_path_factory.mktemp("clips") / "cat.mp4", photos["chelsea.png"], grass, frames=10,
+                     size=(320, 240), fps=10)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import OutputError
 
-__all__ = ["write_bytes_atomic"]
+__all__ = ["write_bytes_atomic", "default_mode"]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
@@ -22,7 +22,7 @@ def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
+            os.fchmod(f.fileno(), default_mode())  # mkstemp makes 0600; give the usual mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())  # a power cut (common on a Jetson) must not leave an empty file
@@ -36,6 +36,11 @@ def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return path
+
+
+def default_mode() -> int:
+    """The mode a new file gets from open() under this process's umask."""
+    return 0o666 & ~_UMASK
 
 
 def _read_umask() -> int:

@@ -17,7 +17,7 @@ from . import __version__
 from .backends import SUFFIXES, choose
 from .weights import WEIGHTS, cache_dir
 
-__all__ = ["collect"]
+__all__ = ["collect", "opencv_features"]
 
 
 def _version(*dists: str) -> str | None:
@@ -37,7 +37,7 @@ def _module_version(module: str, *dists: str) -> str | None:
     return version
 
 
-def _opencv() -> dict:
+def opencv_features() -> dict:
     try:
         import cv2
     except ImportError:
@@ -103,7 +103,7 @@ def collect() -> dict:
         "python": sys.version.split()[0],
         "platform": f"{platform.system()} {platform.machine()}",
         "numpy": _version("numpy"),
-        "opencv": _opencv(),
+        "opencv": opencv_features(),
         "onnxruntime": _onnxruntime(),
         "torch": _module_version("torch", "torch"),
         "onnx": _module_version("onnx", "onnx"),

@@ -1,4 +1,5 @@
-"""Turning a frame and its mask into an output image: mask, cutout or a new background.
+"""Turning a frame and its mask into an output image: mask, cutout, a new background, an overlay
+(the mask tinted over the frame, with its contour) or the frame and mask side by side.
 
 Blending runs in bands of rows, so an 8000x8000 frame needs no full-size float copies.
 """
@@ -13,7 +14,7 @@ import numpy as np
 
 from .errors import ImageError
 
-__all__ = ["Mode", "Background", "render", "parse_color"]
+__all__ = ["Mode", "Background", "render", "parse_color", "flatten"]
 
 _BAND = 256  # rows blended at a time
 
@@ -22,6 +23,8 @@ class Mode(str, enum.Enum):
     MASK = "mask"  # 8-bit grayscale mask
     CUTOUT = "cutout"  # BGRA, alpha = mask
     BACKGROUND = "background"  # the subject over a color, an image or the blurred frame
+    OVERLAY = "overlay"  # the frame with the mask tinted over it and its contour drawn
+    SIDE_BY_SIDE = "side-by-side"  # the frame, then the mask, in one image twice as wide
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ def render(frame: np.ndarray, mask: np.ndarray, mode: Mode | str = Mode.MASK,
         out[:, :, :3] = frame
         out[:, :, 3] = mask_to_u8(mask)
         return out
+    if mode is Mode.OVERLAY:
+        return _overlay(frame, mask)
+    if mode is Mode.SIDE_BY_SIDE:
+        return np.hstack([frame, cv2.cvtColor(mask_to_u8(mask), cv2.COLOR_GRAY2BGR)])
     if background is None:
         raise ImageError("background mode needs a background: --bg-color, --bg-image or --bg-blur")
     bg = background.for_frame(frame)
@@ -85,3 +92,32 @@ def render(frame: np.ndarray, mask: np.ndarray, mode: Mode | str = Mode.MASK,
         back = bg if bg.shape[0] == 1 else bg[rows]
         out[rows] = np.clip(back + alpha * (fg - back) + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+_TINT = np.array([0, 200, 0], np.float32)  # BGR green
+_CONTOUR = (0, 255, 255)  # BGR yellow
+
+
+def _overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = np.empty_like(frame)
+    for top in range(0, frame.shape[0], _BAND):
+        rows = slice(top, top + _BAND)
+        alpha = 0.5 * mask[rows, :, None]
+        out[rows] = np.clip(frame[rows] + alpha * (_TINT - frame[rows]) + 0.5, 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours((mask > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, _CONTOUR, max(1, round(max(frame.shape[:2]) / 400)))
+    return out
+
+
+def flatten(image: np.ndarray, square: int = 16) -> np.ndarray:
+    """A BGRA cutout over a gray checkerboard, for sinks that cannot hold alpha (screens, videos);
+    other images pass through."""
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] != 4:
+        return image
+    h, w = image.shape[:2]
+    ys, xs = np.indices((h, w))
+    board = np.where(((ys // square + xs // square) % 2)[:, :, None] == 0, 200, 140).astype(np.float32)
+    alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+    return np.clip(board + alpha * (image[:, :, :3] - board) + 0.5, 0, 255).astype(np.uint8)

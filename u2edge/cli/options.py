@@ -36,9 +36,10 @@ def add_engine_option(parser: argparse.ArgumentParser) -> None:
 def add_render_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output rendering")
     group.add_argument("--mode", choices=[m.value for m in Mode],
-                       help="mask: 8-bit grayscale (default); cutout: RGBA with the mask as alpha; "
-                            "background: the subject over --bg-color/--bg-image/--bg-blur "
-                            "(implied by those options)")
+                       help="mask: 8-bit grayscale (default); cutout: RGBA with the mask as alpha "
+                            "(over a checkerboard on screens and in videos); background: the subject over "
+                            "--bg-color/--bg-image/--bg-blur (implied by those options); overlay: the mask "
+                            "tinted over the frame, with its contour; side-by-side: frame and mask")
     bg = group.add_mutually_exclusive_group()
     bg.add_argument("--bg-color", metavar="COLOR", help="background color, '#RRGGBB' or 'R,G,B'")
     bg.add_argument("--bg-image", metavar="PATH", help="background image, resized to each frame")
@@ -57,3 +58,19 @@ def print_table(rows: list[tuple[str, str]]) -> None:
     width = max((len(k) for k, _ in rows), default=0)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+
+def add_stream_options(parser: argparse.ArgumentParser, *, live: bool) -> None:
+    """Capture settings, the frame limit and the retry policy of ``u2edge camera`` and ``video``."""
+    group = parser.add_argument_group("stream")
+    if live:
+        group.add_argument("--input-width", type=int, metavar="W", help="capture width (cameras)")
+        group.add_argument("--input-height", type=int, metavar="H", help="capture height (cameras)")
+        group.add_argument("--input-rate", type=float, metavar="FPS", help="capture frame rate (cameras)")
+        group.add_argument("--input-codec", choices=("MJPG", "YUYV"), help="V4L2 pixel format, e.g. MJPG for "
+                                                                           "full-rate USB cameras")
+        group.add_argument("--headless", action="store_true", help="no window: display://0 becomes null")
+        group.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    group.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    group.add_argument("--retries", type=int, default=5, metavar="N",
+                       help="failed reads retried (with backoff, live sources reopened) before stopping (default: 5)")

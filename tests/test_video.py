@@ -1,0 +1,249 @@
+"""``u2edge video`` / ``u2edge camera`` and the pipeline, on clips made from real photos: frame counts
+and order, masks against single-image inference, the newest-frame policy, renderers and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import make_clip, run_cli, small_disk
+from u2edge import U2EdgeEngine, read_image, stream
+from u2edge.errors import OutputError, SourceError
+from u2edge.video import Pipeline, Source, open_sink, open_source
+from u2edge.video.sinks import NullSink, VideoFileSink
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("u2edge: error")]
+
+
+# --- files: lossless, ordered, the same masks as single images ----------------------------------
+
+def test_video_to_video_keeps_every_frame(clip, tmp_path):
+    out = tmp_path / "masks.mp4"
+    stats = json.loads(run_cli("video", clip, "-o", out, "--json").stdout)
+    assert stats["frames"] == {"captured": 10, "processed": 10, "written": 10, "dropped": 0, "corrupt": 0}
+    assert stats["stop"] == "end of source" and stats["network_fps"] > 0 and stats["end_to_end_fps"] > 0
+    assert set(stats["stage_ms"]) == {"capture", "preprocess", "infer", "postprocess", "render", "write"}
+    frames = decoded(out)
+    assert len(frames) == 10 and frames[0].shape == (240, 320, 3)
+    cap = cv2.VideoCapture(str(out))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10, abs=0.01)  # the source's frame rate
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+    assert [p.name for p in tmp_path.iterdir()] == ["masks.mp4"]  # no temp file left
+
+
+def test_masks_equal_single_image_inference_in_order(clip, tmp_path):
+    run_cli("video", clip, "-o", tmp_path / "masks")
+    written = sorted((tmp_path / "masks").iterdir())
+    assert [p.name for p in written] == [f"frame_{i:06d}.png" for i in range(10)]
+    with U2EdgeEngine() as engine:  # the same backend the CLI picks
+        expected = [engine(frame) for frame in decoded(clip)]
+    got = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in written]
+    for i, (mask, ref) in enumerate(zip(got, expected)):
+        assert np.abs(mask.astype(np.int16) - np.round(ref * 255)).max() <= 1, i
+    # the cat moves: each frame's mask is its own, not a neighbour's
+    centers = [np.argwhere(m > 127)[:, 1].mean() for m in got]
+    assert all(a < b for a, b in zip(centers, centers[1:])), centers
+
+
+def test_stream_api_yields_every_frame(clip, engine):
+    masks = [(frame.shape, mask.shape) for frame, mask in stream(str(clip), engine=engine)]
+    assert masks == [((240, 320, 3), (240, 320))] * 10
+
+
+def test_folder_source_skips_a_corrupt_frame(photo_paths, tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i, path in enumerate(photo_paths[:3]):
+        (folder / f"{i}_{path.name}").write_bytes(path.read_bytes())
+    (folder / "1b_broken.png").write_bytes(photo_paths[0].read_bytes()[:3000])
+    stats = json.loads(run_cli("video", folder, "-o", tmp_path / "out", "--json", "--mode", "cutout").stdout)
+    assert stats["frames"]["written"] == 3 and stats["frames"]["corrupt"] == 1
+    outs = sorted((tmp_path / "out").iterdir())
+    assert len(outs) == 3 and all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape[2] == 4 for p in outs)
+
+
+@pytest.mark.parametrize("mode, width", [("overlay", 320), ("side-by-side", 640), ("cutout", 320)])
+def test_renderers_to_video(clip, tmp_path, mode, width):
+    out = tmp_path / f"{mode}.avi"
+    run_cli("video", clip, "-o", out, "--mode", mode, "-q")
+    frames = decoded(out)
+    assert len(frames) == 10 and frames[0].shape == (240, width, 3)
+    if mode == "cutout":  # no alpha in a video: the background shows a checkerboard
+        corner = frames[0][:32, :32].astype(int)
+        assert corner.max() - corner.min() > 30
+
+
+def test_background_color_through_the_camera_command(clip, tmp_path):
+    out = tmp_path / "green.mp4"
+    stats = json.loads(run_cli("camera", clip, out, "--bg-color", "#00ff00", "--max-frames", "4", "--json").stdout)
+    assert stats["frames"]["written"] == 4
+    first = decoded(out)[0]
+    assert np.abs(first[5:20, 5:40].astype(int) - (0, 255, 0)).mean() < 40  # grass replaced by green
+
+
+# --- live sources: the newest frame, bounded latency --------------------------------------------
+
+class PacedSource(Source):
+    """A live source delivering a real photo every ``period`` seconds, like a camera."""
+
+    live = True
+
+    def __init__(self, frame: np.ndarray, period: float, fail_after: int | None = None,
+                 recover: bool = False) -> None:
+        self.uri, self.frame, self.period = "paced://test", frame, period
+        self.fail_after, self.recover = fail_after, recover
+        self.delivered = self.reopened = 0
+        self._next = time.perf_counter()
+
+    def read(self):
+        if self.fail_after is not None and self.delivered >= self.fail_after and not (self.recover and self.reopened):
+            raise SourceError("paced://test stopped delivering frames (unplugged)")
+        self._next += self.period
+        time.sleep(max(0.0, self._next - time.perf_counter()))
+        self.delivered += 1
+        return self.frame
+
+    def reopen(self) -> None:
+        self.reopened += 1
+        self._next = time.perf_counter()
+
+
+def test_a_fast_live_source_drops_stale_frames_and_keeps_latency_bounded(engine, photos):
+    source = PacedSource(photos["chelsea.png"], period=0.01)  # 100 FPS, far faster than inference
+    stats = Pipeline(source, engine, NullSink(), max_frames=60).run()
+    summary = stats.summary()
+    assert stats.dropped > 20 and stats.captured == 60
+    assert stats.written + stats.dropped == stats.captured
+    per_frame = stats.stage_seconds["infer"] / stats.processed
+    assert summary["latency_ms"]["p95"] / 1e3 < 3 * per_frame + 0.2  # one frame waits at most one inference
+
+
+def test_a_slow_live_source_drops_nothing(engine, photos):
+    per_frame = min(_timed(engine, photos["chelsea.png"]) for _ in range(2))
+    source = PacedSource(photos["chelsea.png"], period=per_frame * 3)
+    stats = Pipeline(source, engine, NullSink(), max_frames=5).run()
+    assert stats.dropped == 0 and stats.written == 5
+
+
+def _timed(engine, frame) -> float:
+    start = time.perf_counter()
+    engine(frame)
+    return time.perf_counter() - start
+
+
+def test_an_unplugged_camera_is_retried_then_stops_with_a_finalized_video(engine, photos, tmp_path):
+    source = PacedSource(photos["coffee.png"], period=0.0, fail_after=3)
+    sink = VideoFileSink(tmp_path / "live.mp4", fps=5)
+    stats = Pipeline(source, engine, sink, retries=2, backoff=0.01, render=lambda f, m: f).run()
+    assert stats.retries == 2 and source.reopened == 2 and stats.stop_reason == "source failed"
+    assert stats.error == "paced://test stopped delivering frames (unplugged); gave up after 2 retries"
+    assert stats.captured == 3 and stats.written + stats.dropped == 3  # live: newest frames only
+    assert len(decoded(tmp_path / "live.mp4")) == stats.written >= 1
+
+
+def test_a_camera_that_comes_back_goes_on(engine, photos):
+    source = PacedSource(photos["coffee.png"], period=0.0, fail_after=2, recover=True)
+    stats = Pipeline(source, engine, NullSink(), retries=3, backoff=0.01, max_frames=5).run()
+    assert stats.retries == 1 and stats.error is None and stats.captured == 5
+
+
+# --- faults through the command line ------------------------------------------------------------
+
+def test_missing_camera_names_the_devices_that_exist():
+    proc = run_cli("camera", "/dev/video9", "null", check_rc=1)
+    devices = sorted(p for p in os.listdir("/dev") if p.startswith("video"))
+    assert len(error_lines(proc)) == 1 and "camera /dev/video9 not found; video devices here: " in proc.stderr
+    assert all(f"/dev/{d}" in proc.stderr for d in devices)
+
+
+def test_no_display_is_one_line_and_headless_runs(clip):
+    env = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}
+    proc = run_cli("camera", clip, env=env, check_rc=1)
+    assert error_lines(proc) == ["u2edge: error: display://0: no display here (DISPLAY is not set); use "
+                                 "--headless, or a video file, a folder or null as the sink"]
+    proc = run_cli("camera", clip, "--headless", "--max-frames", "2", "--json", env=env)
+    assert json.loads(proc.stdout)["frames"]["written"] == 2
+
+
+def test_gstreamer_sources_without_gstreamer_say_so():
+    proc = run_cli("camera", "videotestsrc ! videoconvert ! appsink", "null", check_rc=None)
+    if proc.returncode == 1:  # this OpenCV has no GStreamer
+        assert len(error_lines(proc)) == 1 and "has no GStreamer" in proc.stderr
+
+
+def test_sigterm_finalizes_the_video(photos, photo_dir, tmp_path):
+    long_clip = make_clip(tmp_path / "long.mp4", photos["astronaut.png"], read_image(photo_dir / "grass.png"),
+                          frames=200, size=(320, 240), fps=25)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "u2edge", "video", long_clip, "-o", out, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".out.") and p.stat().st_size > 0
+                                             for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "u2edge: terminated" in stderr
+    stats = json.loads(stdout)
+    assert stats["stop"] == "interrupted" and 0 < stats["frames"]["written"] < 200
+    assert len(decoded(out)) == stats["frames"]["written"]  # complete and playable
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4", "out.mp4"]
+
+
+def test_a_full_disk_leaves_no_corrupt_file(clip, tmp_path):
+    with small_disk(tmp_path / "tiny", "96k") as tiny:
+        proc = run_cli("video", clip, "-o", tiny / "out.avi", "--mode", "side-by-side", check_rc=1)
+        assert len(error_lines(proc)) == 1 and "the disk is full" in proc.stderr
+        assert list(tiny.iterdir()) == []
+        proc = run_cli("video", clip, "-o", tiny / "frames", "--mode", "cutout", check_rc=1)
+        assert len(error_lines(proc)) == 1 and "the disk is full" in proc.stderr
+        frames = list((tiny / "frames").iterdir())
+        assert all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED) is not None for p in frames)  # each complete
+        assert not any(p.name.startswith(".") for p in frames)
+
+
+def test_unwritable_sinks(clip, tmp_path):
+    # /proc takes no new files, not even from root
+    for sink in ("/proc/u2edge-test/out.mp4", "/proc/u2edge-test/frames"):
+        proc = run_cli("video", clip, "-o", sink, check_rc=1)
+        assert len(error_lines(proc)) == 1 and "/proc/u2edge-test" in proc.stderr, proc.stderr
+
+
+def test_bad_sources_and_sinks(clip, tmp_path):
+    proc = run_cli("video", tmp_path / "nothing.mp4", "-o", tmp_path / "x.mp4", check_rc=1)
+    assert error_lines(proc) == [f"u2edge: error: no such file, folder or camera: {tmp_path / 'nothing.mp4'} "
+                                 "(sources: /dev/videoN, N, csi://N, rtsp://..., a video file, an image folder or "
+                                 "glob, or a GStreamer pipeline)"]
+    proc = run_cli("video", clip, "-o", tmp_path / "x.webm", check_rc=1)
+    assert error_lines(proc) == ["u2edge: error: cannot write .webm videos; name the output .mp4 or .avi"]
+    proc = run_cli("video", clip, "-o", clip, check_rc=1)
+    assert "is the input; refusing to overwrite it" in proc.stderr
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"not a folder")
+    with pytest.raises(OutputError, match="is a file; give a folder, a video file name"):
+        open_sink(str(photo))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="holds no images"):
+        open_source(str(tmp_path / "empty"))

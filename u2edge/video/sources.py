@@ -1,0 +1,216 @@
+"""Frame sources by URI, after jetson-utils' videoSource: cameras, CSI, RTSP, files, folders, globs.
+
+    /dev/video0 or 0        V4L2 camera (--input-width/--input-height/--input-rate, optional MJPG)
+    csi://0                 Jetson CSI camera through GStreamer's nvarguscamerasrc
+    rtsp://host/stream      network stream, low-latency settings
+    clip.mp4                video file
+    shots/ or 'shots/*.jpg' image folder or glob, in sorted order
+    "videotestsrc ! ... ! appsink"   a raw GStreamer pipeline
+
+Live sources (cameras, CSI, RTSP, GStreamer) can fail and be reopened; files and folders are read
+once, losslessly and in order. ``read()`` returns an HxWx3 uint8 BGR frame, None at the end, raises
+``CorruptFrame`` for one frame that cannot be decoded, and ``SourceError`` when the source stops.
+"""
+
+from __future__ import annotations
+
+import abc
+import glob
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._deps import require
+from ..errors import ImageError, SourceError
+from ..images import IMAGE_SUFFIXES, expand_inputs, read_image, to_bgr8
+
+__all__ = ["Source", "CaptureSource", "ImageSequenceSource", "CorruptFrame", "CaptureOptions", "open_source",
+           "VIDEO_SUFFIXES"]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
+
+
+class CorruptFrame(SourceError):
+    """One frame could not be decoded; the stream goes on."""
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    width: int | None = None
+    height: int | None = None
+    rate: float | None = None
+    fourcc: str | None = None  # e.g. "MJPG" for USB cameras that only reach full rate compressed
+
+
+class Source(abc.ABC):
+    uri: str
+    live: bool  # live: keep only the newest frame, reopen on failure; else lossless and ordered
+    fps: float | None = None
+    count: int | None = None  # frames, when known in advance
+
+    @abc.abstractmethod
+    def read(self) -> np.ndarray | None:
+        """The next frame, or None at the end."""
+
+    def reopen(self) -> None:
+        """Start again after a failure (live sources)."""
+
+    def close(self) -> None:
+        """Release the device or file; calling it twice is harmless."""
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class CaptureSource(Source):
+    """Anything OpenCV's VideoCapture opens: V4L2 devices, GStreamer pipelines, RTSP, video files."""
+
+    def __init__(self, uri: str, target, backend: int, *, live: bool, options: CaptureOptions = CaptureOptions(),
+                 what: str = "source") -> None:
+        self.uri, self.live, self._target, self._backend, self._options, self._what = uri, live, target, backend, \
+            options, what
+        self._cap = None
+        self._open()
+
+    def _open(self) -> None:
+        cv2 = require("cv2")
+        cap = cv2.VideoCapture(self._target, self._backend)
+        opts = self._options
+        if opts.fourcc:
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*opts.fourcc))
+        if opts.width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, opts.width)
+        if opts.height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, opts.height)
+        if opts.rate:
+            cap.set(cv2.CAP_PROP_FPS, opts.rate)
+        if self.live:
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's queue holds no stale frames
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {self._what} {self.uri} (busy, unreachable, or not a video source)")
+        self._cap = cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 0 < fps < 1000 else None
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.count = count if not self.live and count > 0 else None
+
+    def read(self) -> np.ndarray | None:
+        if self._cap is None:
+            raise SourceError(f"{self._what} {self.uri} is closed")
+        ok, frame = self._cap.read()
+        if not ok or frame is None:
+            if self.live:
+                raise SourceError(f"{self._what} {self.uri} stopped delivering frames (unplugged or lost)")
+            return None
+        try:
+            return to_bgr8(frame)
+        except ImageError as exc:
+            raise CorruptFrame(f"{self.uri}: {exc}") from exc
+
+    def reopen(self) -> None:
+        self.close()
+        self._open()
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class ImageSequenceSource(Source):
+    """Images of a folder or a glob, in sorted order; an unreadable one is a ``CorruptFrame``."""
+
+    live = False
+
+    def __init__(self, uri: str, paths: list[Path], fps: float | None = None) -> None:
+        if not paths:
+            raise SourceError(f"{uri} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.uri, self.paths, self.fps, self.count = uri, paths, fps, len(paths)
+        self._next = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._next >= len(self.paths):
+            return None
+        path = self.paths[self._next]
+        self._next += 1
+        try:
+            return read_image(path)
+        except ImageError as exc:
+            raise CorruptFrame(str(exc)) from exc
+
+
+def _video_devices() -> list[str]:
+    return sorted(glob.glob("/dev/video*"), key=lambda d: int(re.sub(r"\D", "", d) or 0))
+
+
+def _camera(uri: str, index: int, options: CaptureOptions) -> CaptureSource:
+    cv2 = require("cv2")
+    device = f"/dev/video{index}"
+    if os.name == "posix" and not os.path.exists(device):
+        found = _video_devices()
+        raise SourceError(f"camera {uri} not found; video devices here: "
+                          f"{', '.join(found) if found else 'none (no camera connected, or not visible here)'}")
+    backend = cv2.CAP_V4L2 if os.name == "posix" else cv2.CAP_ANY
+    return CaptureSource(uri, index, backend, live=True, options=options, what="camera")
+
+
+def _gstreamer(uri: str, pipeline: str, why: str) -> CaptureSource:
+    cv2 = require("cv2")
+    from ..info import opencv_features
+
+    if not opencv_features().get("gstreamer"):
+        raise SourceError(f"{uri} {why}, and this OpenCV ({cv2.__version__}) has no GStreamer; on a Jetson use "
+                          "JetPack's python3-opencv (pip's opencv-python lacks GStreamer)")
+    return CaptureSource(uri, pipeline, cv2.CAP_GSTREAMER, live=True, what="GStreamer source")
+
+
+def csi_pipeline(sensor: int, options: CaptureOptions) -> str:
+    width, height, rate = options.width or 1280, options.height or 720, int(options.rate or 30)
+    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
+            f"framerate={rate}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            "appsink drop=true max-buffers=1 sync=false")
+
+
+def _rtsp(uri: str) -> CaptureSource:
+    cv2 = require("cv2")
+    # read by OpenCV's FFmpeg backend when it opens the stream: TCP, no input buffering, low delay
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay")
+    return CaptureSource(uri, uri, cv2.CAP_FFMPEG, live=True, what="stream")
+
+
+def open_source(uri: str | int | os.PathLike, options: CaptureOptions = CaptureOptions()) -> Source:
+    """The source a URI names (see the module docstring); a clear ``SourceError`` otherwise."""
+    text = os.fspath(uri) if not isinstance(uri, int) else str(uri)
+    if re.fullmatch(r"\d+", text):
+        return _camera(text, int(text), options)
+    match = re.fullmatch(r"(?:v4l2://)?/dev/video(\d+)", text)
+    if match:
+        return _camera(text, int(match.group(1)), options)
+    match = re.fullmatch(r"csi://(\d+)", text)
+    if match:
+        return _gstreamer(text, csi_pipeline(int(match.group(1)), options), "needs GStreamer's nvarguscamerasrc")
+    if re.match(r"rtsps?://", text):
+        return _rtsp(text)
+    if " ! " in text:
+        return _gstreamer(text, text, "is a GStreamer pipeline")
+    path = Path(text)
+    if path.is_dir() or (glob.has_magic(text) and not path.exists()):
+        paths, problems = expand_inputs([text])
+        if problems and not paths:
+            raise SourceError(problems[0])
+        return ImageSequenceSource(text, [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES],
+                                   fps=options.rate)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return ImageSequenceSource(text, [path], fps=options.rate)
+        cv2 = require("cv2")
+        return CaptureSource(text, text, cv2.CAP_ANY, live=False, what="video")
+    raise SourceError(f"no such file, folder or camera: {text} (sources: /dev/videoN, N, csi://N, rtsp://..., "
+                      "a video file, an image folder or glob, or a GStreamer pipeline)")
