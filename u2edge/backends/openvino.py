@@ -28,12 +28,17 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
         ov = require("openvino")
+        from openvino.frontend import FrontEndManager
+
         core = ov.Core()
+        # the ONNX frontend alone: Core.read_model would also try TensorFlow's on a bad file, which
+        # writes its parse errors straight to stderr
+        onnx_frontend = FrontEndManager().load_by_framework("onnx")
         try:
-            model = core.read_model(str(path))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFormatError(f"cannot load {path} with OpenVINO ({first}); "
+            model = onnx_frontend.convert(onnx_frontend.load(str(path)))
+        except Exception as exc:  # OpenVINO raises its own GeneralFailure/OpConversionFailure types
+            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+            raise ModelFormatError(f"cannot load {path} with OpenVINO ({lines[-1] if lines else type(exc).__name__}); "
                                    "the file is corrupt or not an ONNX model") from exc
         shape = model.inputs[0].get_partial_shape() if len(model.inputs) == 1 else None
         if shape is None or shape.rank.get_length() != 4 or not all(d.is_static for d in list(shape)[1:]) \
