@@ -143,19 +143,9 @@ def cpu_int8(calib_dir, tmp_path_factory):
 def make_clip(path: Path, subject: np.ndarray, background: np.ndarray, *, frames: int, size: tuple[int, int],
               fps: float) -> Path:
     """A video of ``subject`` sliding left to right over ``background`` (real photos), one step a frame."""
-    import cv2
+    from u2edge.bench.clips import moving_subject_frames, write_clip
 
-    fourcc = "MJPG" if path.suffix == ".avi" else "mp4v"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-    back = cv2.resize(background, size, interpolation=cv2.INTER_AREA)
-    sub = cv2.resize(subject, (size[0] // 2, size[1] // 2), interpolation=cv2.INTER_AREA)
-    for i in range(frames):
-        frame = back.copy()
-        x, y = (size[0] - sub.shape[1]) * i // max(frames - 1, 1), size[1] // 4
-        frame[y:y + sub.shape[0], x:x + sub.shape[1]] = sub
-        writer.write(frame)
-    writer.release()
-    return path
+    return write_clip(path, moving_subject_frames(subject, background, frames=frames, size=size), fps)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import cv2
 import pytest
 
 from conftest import run_cli
-from u2edge.bench.run import rembg_python
+from u2edge.bench.report import table
+from u2edge.bench.run import BenchOptions, configurations, rembg_python
 
 pytest.importorskip("openvino", reason="the bench's CPU fast-path rows need OpenVINO: pip install -e '.[cpu]'")
 
@@ -70,6 +71,12 @@ def test_bench_bad_input(tmp_path):
 
 def test_bench_says_what_it_could_not_measure(cpu_int8, photo_paths, tmp_path):
     nowhere = tmp_path / "nowhere" / "python"
-    proc = run_cli("bench", "--repeats", "1", "--images", photo_paths[0], "--int8-model", cpu_int8.path,
-                   "--rembg-python", nowhere)
-    assert f"not measured: rembg: no rembg environment at {nowhere}; run benchmarks/setup_rembg.sh" in proc.stdout
+    opts = BenchOptions(images=photo_paths[:1], int8_model=cpu_int8.path, rembg_python=nowhere)
+    names = [c.name for c in configurations(opts)]
+    assert names[:3] == ["u2edge onnxruntime fp32", "u2edge openvino fp32", "u2edge openvino int8"]
+    assert "rembg u2netp (same weights)" not in names
+    assert opts.skipped == [f"rembg: no rembg environment at {nowhere}; run benchmarks/setup_rembg.sh "
+                            "(or give --rembg-python)"]
+    result = {"u2edge": "x", "date": "d", "machine": {"cpu": "c", "cores": 2, "gpus": []}, "images": ["a.png"],
+              "repeats": 1, "reference": "r", "rows": [], "skipped": opts.skipped}
+    assert f"not measured: rembg: no rembg environment at {nowhere}" in table(result)
