@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +53,18 @@ def test_video_to_video_keeps_every_frame(clip, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["masks.mp4"]  # no temp file left
 
 
+@pytest.mark.parametrize("size, fps, suffix", [((640, 360), 30, ".avi"), ((250, 170), 15, ".mp4")])
+def test_sizes_rates_and_containers(photos, photo_dir, tmp_path, size, fps, suffix):
+    moving = make_clip(tmp_path / f"in{suffix}", photos["motorcycle_left.png"], read_image(photo_dir / "brick.png"),
+                       frames=6, size=size, fps=fps)
+    out = tmp_path / f"out{suffix}"
+    stats = json.loads(run_cli("video", moving, "-o", out, "--mode", "overlay", "--json").stdout)
+    assert stats["frames"]["written"] == 6
+    frames = decoded(out)
+    assert len(frames) == 6 and frames[0].shape == (size[1], size[0], 3)
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == pytest.approx(fps, abs=0.01)
+
+
 def test_masks_equal_single_image_inference_in_order(clip, tmp_path):
     run_cli("video", clip, "-o", tmp_path / "masks")
     written = sorted((tmp_path / "masks").iterdir())
@@ -69,6 +82,17 @@ def test_masks_equal_single_image_inference_in_order(clip, tmp_path):
 def test_stream_api_yields_every_frame(clip, engine):
     masks = [(frame.shape, mask.shape) for frame, mask in stream(str(clip), engine=engine)]
     assert masks == [((240, 320, 3), (240, 320))] * 10
+
+
+def test_leaving_the_stream_loop_stops_capture(clip, engine):
+    threads = threading.active_count()
+    for i, (frame, mask) in enumerate(stream(str(clip), engine=engine)):
+        if i == 1:
+            break
+    deadline = time.time() + 5
+    while threading.active_count() > threads and time.time() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == threads
 
 
 def test_folder_source_skips_a_corrupt_frame(photo_paths, tmp_path):

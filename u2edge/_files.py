@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import OutputError
 
-__all__ = ["write_bytes_atomic", "default_mode"]
+__all__ = ["write_bytes_atomic", "default_mode", "output_folder"]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
@@ -36,6 +36,17 @@ def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return path
+
+
+def output_folder(folder: Path, label: str, hint: str) -> Path:
+    """Create ``folder`` (and its parents) for outputs; one ``OutputError`` line if it cannot be."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{label} {folder} is a file; {hint}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {label} {folder}: {exc.strerror}") from exc
+    return folder
 
 
 def default_mode() -> int:

@@ -7,6 +7,7 @@ Blending runs in bands of rows, so an 8000x8000 frame needs no full-size float c
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -111,13 +112,20 @@ def _overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def flatten(image: np.ndarray, square: int = 16) -> np.ndarray:
     """A BGRA cutout over a gray checkerboard, for sinks that cannot hold alpha (screens, videos);
-    other images pass through."""
+    other images pass through (gray ones as BGR)."""
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.shape[2] != 4:
         return image
-    h, w = image.shape[:2]
-    ys, xs = np.indices((h, w))
-    board = np.where(((ys // square + xs // square) % 2)[:, :, None] == 0, 200, 140).astype(np.float32)
-    alpha = image[:, :, 3:4].astype(np.float32) / 255.0
-    return np.clip(board + alpha * (image[:, :, :3] - board) + 0.5, 0, 255).astype(np.uint8)
+    alpha = image[:, :, 3].astype(np.float32) * (1.0 / 255.0)
+    return cv2.blendLinear(np.ascontiguousarray(image[:, :, :3]), _checkerboard(image.shape[:2], square),
+                           alpha, 1.0 - alpha)
+
+
+@functools.lru_cache(maxsize=4)
+def _checkerboard(shape: tuple[int, int], square: int) -> np.ndarray:
+    ys, xs = np.indices(shape)
+    gray = np.where((ys // square + xs // square) % 2 == 0, 200, 140).astype(np.uint8)
+    board = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    board.setflags(write=False)  # shared between frames
+    return board

@@ -17,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+from .._files import output_folder
 from ..engine import U2EdgeEngine
 from ..errors import ImageError, U2EdgeError
 from ..images import expand_inputs, read_image, write_image
@@ -75,13 +76,7 @@ def plan_outputs(inputs: list[Path], outdir: Path) -> tuple[list[tuple[Path, Pat
 def run(args: argparse.Namespace) -> int:
     mode, background = resolve_rendering(args)
     paths, problems = expand_inputs(args.inputs)
-    outdir = Path(args.output)
-    if outdir.exists() and not outdir.is_dir():
-        raise U2EdgeError(f"-o {outdir} is a file; give a folder for the outputs")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise U2EdgeError(f"cannot create -o {outdir}: {exc.strerror}") from exc
+    outdir = output_folder(Path(args.output), "-o", "give a folder for the outputs")
     jobs, unsafe = plan_outputs(paths, outdir)
     problems += unsafe
     for line in problems:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._deps import require
-from .._files import default_mode
+from .._files import default_mode, output_folder
 from ..errors import OutputError, SourceError
 from ..images import write_image
 from ..render import flatten
@@ -59,12 +59,7 @@ class FolderSink(Sink):
 
     def __init__(self, folder: Path) -> None:
         self.uri, self.folder = str(folder), folder
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"sink {folder} is a file; give a folder, a video file name, display://0 or null")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the sink folder {folder}: {exc.strerror}") from exc
+        output_folder(folder, "the sink folder", "give a folder, a video file name, display://0 or null")
         if not os.access(folder, os.W_OK):
             raise OutputError(f"cannot write to the sink folder {folder}: permission denied")
 
