@@ -16,10 +16,7 @@ import copy
 import fcntl
 import hashlib
 import logging
-import os
 import re
-import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +26,7 @@ from typing import Callable  # collections.abc.Callable cannot be subscripted on
 from .. import __version__, trtcompat
 from .._deps import require
 from .._files import write_bytes_atomic
+from ..cuda import device_identity
 from ..errors import EngineBuildError, ImageError, OutputError, U2EdgeError
 from ..images import IMAGE_SUFFIXES, read_image
 from ..processing import Preprocessing, preprocess
@@ -111,28 +109,6 @@ def _files_hash(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def gpu_identity() -> dict | None:
-    """Name and compute capability of the CUDA device builds run on (the first one
-    CUDA_VISIBLE_DEVICES shows), from nvidia-smi; on a Jetson without it, the board's model."""
-    if shutil.which("nvidia-smi") is not None:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-        cmd = ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"]
-        try:
-            out = subprocess.run(cmd + (["-i", visible] if visible else []), capture_output=True, text=True,
-                                 timeout=20).stdout.strip().splitlines()
-        except (OSError, subprocess.TimeoutExpired):
-            out = []
-        if out and "," in out[0]:
-            name, cc = (part.strip() for part in out[0].rsplit(",", 1))
-            return {"gpu": name, "compute_capability": cc}
-    try:
-        with open("/proc/device-tree/model") as f:  # Jetson
-            model = f.read().strip("\x00\n ")
-    except OSError:
-        return None
-    return {"gpu": model, "compute_capability": None} if "jetson" in model.lower() else None
-
-
 @contextlib.contextmanager
 def _locked(output: Path):
     lock_path = output.with_name(f".{output.name}.lock")
@@ -191,7 +167,7 @@ def build_engine(options: BuildOptions, progress: Progress | None = None) -> Bui
         raise OutputError(f"cannot create the folder of -o {output}: {exc.strerror}") from exc
     calibration, held_out = split_calibration(Path(opts.calib_dir), opts.calib_count) if opts.calib_dir else ([], [])
 
-    device = gpu_identity() if trt is not None and trt.flavour == "tensorrt" else None
+    device = device_identity() if trt is not None and trt.flavour == "tensorrt" else None
     targets = None
     if trt is not None and trt.has_compute_capabilities:
         targets = opts.targets or trt.compute_capabilities()
@@ -399,6 +375,6 @@ def _tensor_info(tensor) -> dict:
 
 
 def _default_timing_cache(trt) -> Path:
-    gpu = gpu_identity() or {"gpu": "unknown", "compute_capability": "x"}
+    gpu = device_identity() or {"gpu": "unknown", "compute_capability": "x"}
     key = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{trt.flavour}-{trt.version}-{gpu['gpu']}-sm{gpu['compute_capability']}")
     return cache_dir() / "timing" / f"{key}.cache"

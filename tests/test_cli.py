@@ -243,8 +243,8 @@ def test_corrupt_weights_and_models_give_one_line(tmp_path, photo_paths):
     bad_onnx.write_bytes(b"not onnx at all")
     proc = run_cli("image", photo_paths[0], "-o", tmp_path / "out", "--engine", bad_onnx, check_rc=1)
     assert len(error_lines(proc)) == 1 and "corrupt or not an ONNX model" in proc.stderr
-    proc = run_cli("image", photo_paths[0], "-o", tmp_path / "out", "--engine", tmp_path / "m.engine", check_rc=1)
-    assert len(error_lines(proc)) == 1 and "no backend for '.engine' files" in proc.stderr
+    proc = run_cli("image", photo_paths[0], "-o", tmp_path / "out", "--engine", tmp_path / "m.tflite", check_rc=1)
+    assert len(error_lines(proc)) == 1 and "no backend for '.tflite' files" in proc.stderr
 
 
 def test_exif_orientation_is_followed(tmp_path, photos):

@@ -82,14 +82,16 @@ def test_pth_backend_gives_the_same_masks(official_checkpoint, engine, photos):
 
 
 def test_model_files_are_checked(tmp_path):
-    with pytest.raises(ModelFormatError, match="no backend for '.engine'"):
+    with pytest.raises(ModelFormatError, match="no backend for '.tflite'"):
+        U2EdgeEngine(tmp_path / "model.tflite")
+    with pytest.raises(ModelFormatError, match="model file not found"):
         U2EdgeEngine(tmp_path / "model.engine")
     with pytest.raises(ModelFormatError, match="not found"):
         U2EdgeEngine(tmp_path / "missing.onnx")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07garbage" * 100)
     with pytest.raises(ModelFormatError, match="corrupt or not an ONNX model"):
-        U2EdgeEngine(corrupt)
+        U2EdgeEngine(corrupt, backend="onnxruntime")
 
 
 def test_a_graph_that_is_not_u2net_is_refused(tmp_path):

@@ -21,8 +21,8 @@ log = logging.getLogger("u2edge")
 class U2EdgeEngine:
     """Salient-object masks from any U-2-Net model file.
 
-    ``path`` picks the backend by suffix (``.onnx`` OpenVINO if installed, else ONNX Runtime;
-    ``.pth``/``.pt`` PyTorch), or ``backend="onnxruntime"`` names one; None means the official
+    ``path`` picks the backend by suffix (``.engine``/``.plan`` TensorRT; ``.onnx`` OpenVINO if
+    installed, else ONNX Runtime; ``.pth``/``.pt`` PyTorch), or ``backend="onnxruntime"`` names one; None means the official
     U2-NetP, fetched once into the user cache. ``engine(frame)`` takes an
     HxWx3 uint8 BGR frame (RGB with ``rgb=True``) and returns a new HxW float32 mask in [0, 1].
 
@@ -37,7 +37,7 @@ class U2EdgeEngine:
         self.backend: Backend = open_backend(self.path, **backend_options)
         self.preprocessing = self.backend.preprocessing
         # a fixed-batch model runs exactly that many frames at once; a dynamic one up to max_batch
-        self.max_batch = self.backend.batch_size or max_batch
+        self.max_batch = self.backend.batch_size or min(max_batch, self.backend.max_batch or max_batch)
         log.debug("opened %s with %s", self.path, self.backend.describe())
 
     def __call__(self, frame: np.ndarray, *, rgb: bool = False) -> np.ndarray:

@@ -14,7 +14,7 @@ from types import ModuleType
 
 from .errors import EngineBuildError, MissingDependencyError
 
-__all__ = ["TensorRT", "load", "make_logger"]
+__all__ = ["TensorRT", "load", "make_logger", "installed"]
 
 _INSTALL = (
     "install TensorRT: desktop 'pip install tensorrt' (or 'pip install tensorrt-rtx-cu13' for TensorRT-RTX, "
@@ -116,6 +116,24 @@ class TensorRT:
         if gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
+    def io_tensors(self, engine) -> list[dict]:
+        """Name, direction, shape (-1 where dynamic), dtype and profile-0 shapes of every I/O tensor
+        (the name-based API of TensorRT >= 8.5 and TensorRT-RTX; bindings by index are gone in 10)."""
+        trt = self.module
+        if not hasattr(engine, "num_io_tensors"):
+            raise MissingDependencyError(f"{self.name} lacks the tensor-name API; u2edge needs TensorRT >= 8.5")
+        tensors = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            shape = [int(d) for d in engine.get_tensor_shape(name)]
+            profile = None
+            if is_input and -1 in shape:
+                profile = [[int(d) for d in dims] for dims in engine.get_tensor_profile_shape(name, 0)]
+            tensors.append({"name": name, "input": is_input, "shape": shape, "profile": profile,
+                            "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1].lower()})
+        return tensors
+
     def parser_errors(self, parser) -> list[str]:
         errors = []
         for i in range(parser.num_errors):
@@ -139,6 +157,13 @@ def load(prefer: str | None = None) -> TensorRT:
         except ImportError as exc:
             problems.append(f"{flavour}: {exc}")
     raise MissingDependencyError(f"TensorRT is not importable ({'; '.join(problems)}); {_INSTALL}")
+
+
+def installed() -> bool:
+    """Whether tensorrt or tensorrt_rtx is installed (checked without importing it)."""
+    from ._deps import available
+
+    return available("tensorrt") or available("tensorrt_rtx")
 
 
 def make_logger(trt: TensorRT):

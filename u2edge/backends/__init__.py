@@ -19,11 +19,14 @@ __all__ = ["Backend", "BACKENDS", "SUFFIXES", "choose", "open_backend"]
 
 # name -> (module, class); modules are imported only when their backend is used
 BACKENDS: dict[str, tuple[str, str]] = {
+    "tensorrt": ("tensorrt", "TensorRTBackend"),
     "openvino": ("openvino", "OpenVinoBackend"),
     "onnxruntime": ("onnxruntime", "OnnxRuntimeBackend"),
     "torch": ("torch", "TorchBackend"),
 }
 SUFFIXES: dict[str, tuple[str, ...]] = {
+    ".engine": ("tensorrt",),
+    ".plan": ("tensorrt",),
     ".onnx": ("openvino", "onnxruntime"),
     ".pth": ("torch",),
     ".pt": ("torch",),

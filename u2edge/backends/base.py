@@ -17,7 +17,8 @@ class Backend(abc.ABC):
     """Runs U-2-Net on preprocessed NCHW float32 batches and returns the fused map.
 
     Subclasses open their model in ``__init__`` and set ``preprocessing`` (what the model
-    expects) and ``batch_size``: the fixed batch of the model, or None when it is dynamic.
+    expects) and ``batch_size``: the fixed batch of the model, or None when it is dynamic (then
+    ``max_batch`` may bound it).
     """
 
     suffixes: ClassVar[tuple[str, ...]] = ()
@@ -25,6 +26,7 @@ class Backend(abc.ABC):
     requires: ClassVar[str] = ""  # the top-level module it runs on
     preprocessing: Preprocessing
     batch_size: int | None
+    max_batch: int | None = None  # the largest batch a dynamic model takes; None: any
 
     @classmethod
     def installed(cls) -> bool:

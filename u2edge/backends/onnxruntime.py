@@ -1,7 +1,13 @@
-"""ONNX Runtime backend: any U-2-Net ONNX, the official one included."""
+"""ONNX Runtime backend: any U-2-Net ONNX, the official one included.
+
+With onnxruntime-gpu installed it asks for the TensorRT and CUDA execution providers first; one
+that fails to load (missing CUDA or TensorRT libraries) costs one warning line, and the session
+runs on what did load, down to the CPU.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +20,10 @@ from .base import Backend
 
 __all__ = ["OnnxRuntimeBackend"]
 
+log = logging.getLogger("u2edge")
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
 
 class OnnxRuntimeBackend(Backend):
     suffixes = (".onnx",)
@@ -24,11 +34,13 @@ class OnnxRuntimeBackend(Backend):
                  threads: int | None = None) -> None:
         ort = require("onnxruntime")
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: a provider that fails to load is reported below, once
         if threads:
             options.intra_op_num_threads = threads
+        if providers is None:
+            providers = [p for p in GPU_PROVIDERS if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFormatError(f"cannot load {path} with ONNX Runtime ({first}); "
@@ -50,6 +62,10 @@ class OnnxRuntimeBackend(Backend):
                                    f"is {shape[2]}px; re-export it with u2edge export --imgsz {shape[2]}")
         self.batch_size = shape[0] if isinstance(shape[0], int) else None
         self.providers = self._session.get_providers()
+        missing = [p for p in providers if p not in self.providers]
+        if missing:
+            log.warning("ONNX Runtime could not load %s (CUDA/TensorRT libraries missing?); running on %s",
+                        ", ".join(missing), ", ".join(self.providers))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         out = self._session.run([self._output], {self._input: batch})[0]

@@ -1,0 +1,75 @@
+"""The CUDA layer (cuda-python or pycuda) the GPU backends share: on a CUDA GPU, real copies and a
+real CUDA graph; without one, one clear line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from u2edge import cuda
+from u2edge.errors import MissingDependencyError
+
+
+def gpu_or_skip() -> cuda.Cuda:
+    try:
+        return cuda.load()
+    except (cuda.NoCudaDevice, MissingDependencyError) as exc:
+        pytest.skip(f"needs a CUDA GPU: {exc}")
+
+
+def test_no_device_is_one_line_naming_the_fallback():
+    try:
+        cuda.load()
+    except cuda.NoCudaDevice as exc:
+        assert str(exc).startswith("no usable CUDA device (") and "\n" not in str(exc)
+        assert "run .onnx or .pth models on the CPU instead" in str(exc)
+    except MissingDependencyError as exc:
+        assert "pip install cuda-python" in str(exc)
+    else:
+        pytest.skip("a CUDA device is here")
+
+
+@pytest.mark.gpu
+def test_round_trip_through_pinned_and_device_memory(photos):
+    gpu = gpu_or_skip()
+    frame = photos["astronaut.png"].astype(np.float32)
+    host, host_ptr = gpu.pinned(frame.shape)
+    back, back_ptr = gpu.pinned(frame.shape)
+    device = gpu.malloc(frame.nbytes)
+    stream = gpu.stream()
+    try:
+        host[:] = frame
+        gpu.to_device(device, host, stream)
+        gpu.to_host(back, device, stream)
+        gpu.synchronize(stream)
+        assert np.array_equal(back, frame)
+        assert gpu.device["compute_capability"] and gpu.device["gpu"]
+    finally:
+        gpu.free(device)
+        gpu.free_pinned(host_ptr)
+        gpu.free_pinned(back_ptr)
+        gpu.destroy_stream(stream)
+
+
+@pytest.mark.gpu
+def test_a_captured_graph_replays_its_copies():
+    gpu = gpu_or_skip()
+    if gpu.flavour != "cuda-python":
+        pytest.skip("CUDA graphs go through cuda-python")
+    src, src_ptr = gpu.pinned((1024,))
+    dst, dst_ptr = gpu.pinned((1024,))
+    device = gpu.malloc(src.nbytes)
+    stream = gpu.stream()
+    try:
+        graph = gpu.capture(stream, lambda: (gpu.to_device(device, src, stream), gpu.to_host(dst, device, stream)))
+        for value in (1.0, 7.5):
+            src[:] = value
+            gpu.launch(graph, stream)
+            gpu.synchronize(stream)
+            assert np.all(dst == value)  # the graph reads the pinned buffer anew each launch
+        gpu.destroy_graph(graph)
+    finally:
+        gpu.free(device)
+        gpu.free_pinned(src_ptr)
+        gpu.free_pinned(dst_ptr)
+        gpu.destroy_stream(stream)

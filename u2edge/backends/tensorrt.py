@@ -1,0 +1,214 @@
+"""TensorRT backend for ``.engine``/``.plan`` files from ``u2edge build`` (or trtexec).
+
+Opening an engine checks it against its sidecar first (truncated, another TensorRT, another GPU:
+``IncompatibleEngineError`` with the command that rebuilds it), then deserializes it, binds its
+tensors by name, and allocates device buffers and pinned host buffers once per in-flight slot.
+Each slot has its own execution context and stream; ``submit``/``collect`` keep several batches
+in flight, ``infer`` is one submit and collect. A static shape is captured into a CUDA graph on
+its second run (``cuda_graph=False`` turns that off). The same code drives ``tensorrt`` and
+``tensorrt_rtx``; CUDA calls go through ``u2edge.cuda``.
+
+An engine is safe to use from several threads: calls are serialised by a lock. For throughput,
+open one engine per thread, or keep frames in flight with ``submit``/``collect``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import trtcompat
+from ..cuda import load as load_cuda
+from ..errors import IncompatibleEngineError, ModelFormatError, U2EdgeError
+from ..processing import Preprocessing
+from ..sidecar import check_engine, read_sidecar, rebuild_command
+from .base import Backend
+
+__all__ = ["TensorRTBackend"]
+
+log = logging.getLogger("u2edge")
+
+
+@dataclass
+class _Slot:
+    """One batch in flight: an execution context, a stream, and its buffers."""
+
+    context: object
+    stream: object
+    device_in: int
+    device_out: int
+    host_in: np.ndarray
+    host_out: np.ndarray
+    pinned: list[int]
+    graphs: dict[int, object] = field(default_factory=dict)  # batch size -> instantiated CUDA graph
+    runs: dict[int, int] = field(default_factory=dict)  # batch size -> plain runs so far
+    pending: int | None = None  # the batch size submitted and not yet collected
+
+
+class TensorRTBackend(Backend):
+    suffixes = (".engine", ".plan")
+    name = "tensorrt"
+    requires = "tensorrt"
+
+    @classmethod
+    def installed(cls) -> bool:
+        return trtcompat.installed()
+
+    def __init__(self, path: str | os.PathLike, *, cuda_graph: bool = True, in_flight: int = 2,
+                 tensorrt: str | None = None) -> None:
+        self._slots: list[_Slot] = []
+        self._closed = False
+        path = Path(path)
+        if in_flight < 1:
+            raise U2EdgeError(f"in_flight {in_flight} must be at least 1")
+        sidecar = read_sidecar(path)
+        plan = path.read_bytes()
+        built = (sidecar or {}).get("tensorrt") or {}
+        trt = self._trt = trtcompat.load(tensorrt or built.get("flavour"))
+        check_engine(path, plan, sidecar, trt.name, None)  # before CUDA: the file and the TensorRT version
+        cuda = self._cuda = load_cuda()
+        check_engine(path, plan, sidecar, trt.name, cuda.device)
+        logger = trtcompat.make_logger(trt)
+        self._runtime = trt.module.Runtime(logger)
+        engine = self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            why = logger.errors[-1] if logger.errors else "no message from TensorRT"
+            raise IncompatibleEngineError(f"{trt.name} cannot load {path} ({why}); rebuild it here: "
+                                          f"{rebuild_command(path, sidecar)}")
+        self._bind_io(path, trt.io_tensors(engine))
+        self.preprocessing = Preprocessing.from_metadata((sidecar or {}).get("preprocessing") or {}, imgsz=self._size)
+        self._use_graphs = cuda_graph
+        self._lock = threading.Lock()
+        self._next = 0
+        try:
+            for _ in range(in_flight):
+                self._slots.append(self._new_slot())
+        except BaseException:
+            self.close()
+            raise
+        self._describe = f"{trt.name} ({cuda.device['gpu']}, {(sidecar or {}).get('precision', 'unknown precision')})"
+
+    def _bind_io(self, path: Path, tensors: list[dict]) -> None:
+        inputs = [t for t in tensors if t["input"]]
+        outputs = [t for t in tensors if not t["input"]]
+        shape = inputs[0]["shape"] if len(inputs) == 1 else None
+        if shape is None or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or shape[2] < 1:
+            raise ModelFormatError(f"{path.name} is not a U-2-Net engine: inputs "
+                                   f"{[(t['name'], t['shape']) for t in inputs]}, expected one (N, 3, S, S) input")
+        out = next((t for t in outputs if t["name"] == "mask"), outputs[0] if outputs else None)
+        if out is None or out["shape"][-2:] != shape[-2:]:
+            raise ModelFormatError(f"{path.name} is not a U-2-Net engine: outputs "
+                                   f"{[(t['name'], t['shape']) for t in outputs]}, expected 'mask' (N, 1, S, S)")
+        for tensor in (inputs[0], out):
+            if tensor["dtype"] != "float":
+                raise ModelFormatError(f"{path.name}: tensor {tensor['name']} is {tensor['dtype']}; u2edge engines "
+                                       "keep FP32 inputs and outputs (rebuild with u2edge build)")
+        self._input, self._output, self._size = inputs[0]["name"], out["name"], shape[2]
+        if shape[0] == -1:
+            self.batch_size = None
+            self.max_batch = inputs[0]["profile"][2][0]
+        else:
+            self.batch_size = self.max_batch = shape[0]
+
+    def _new_slot(self) -> _Slot:
+        cuda, size, n = self._cuda, self._size, self.max_batch
+        context = self._engine.create_execution_context()
+        if context is None:
+            raise U2EdgeError("out of GPU memory creating a TensorRT execution context; close other GPU programs")
+        host_in, pin_in = cuda.pinned((n, 3, size, size))
+        host_out, pin_out = cuda.pinned((n, size, size))
+        slot = _Slot(context, cuda.stream(), cuda.malloc(host_in.nbytes), cuda.malloc(host_out.nbytes),
+                     host_in, host_out, [pin_in, pin_out])
+        context.set_tensor_address(self._input, slot.device_in)
+        context.set_tensor_address(self._output, slot.device_out)
+        return slot
+
+    # --- running -------------------------------------------------------------------------------
+    def submit(self, batch: np.ndarray) -> int:
+        """Start ``batch`` (N, 3, S, S) float32 on the GPU; returns a ticket for ``collect``."""
+        n = batch.shape[0]
+        if batch.shape[1:] != (3, self._size, self._size) or not 1 <= n <= self.max_batch:
+            raise U2EdgeError(f"batch of shape {batch.shape}: this engine takes (1..{self.max_batch}, 3, "
+                              f"{self._size}, {self._size})")
+        with self._lock:
+            ticket = self._next
+            slot = self._slots[ticket % len(self._slots)]
+            if slot.pending is not None:
+                raise U2EdgeError(f"{len(self._slots)} batches are already in flight; collect one first")
+            self._next += 1
+            if self.batch_size is None:
+                slot.context.set_input_shape(self._input, (n, 3, self._size, self._size))
+            slot.host_in[:n] = batch
+            stream = slot.stream
+            self._cuda.to_device(slot.device_in, slot.host_in[:n], stream)
+            self._execute(slot, n)
+            self._cuda.to_host(slot.host_out[:n], slot.device_out, stream)
+            slot.pending = n
+            return ticket
+
+    def _execute(self, slot: _Slot, n: int) -> None:
+        handle = self._cuda.handle(slot.stream)
+        graph = slot.graphs.get(n)
+        if graph is not None:
+            self._cuda.launch(graph, slot.stream)
+            return
+        runs = slot.runs.get(n, 0)
+        if self._use_graphs and runs >= 1:  # TensorRT sets itself up on the first run; capture the next
+            try:
+                slot.graphs[n] = self._cuda.capture(slot.stream, lambda: self._enqueue(slot, handle))
+                self._cuda.launch(slot.graphs[n], slot.stream)
+                return
+            except U2EdgeError as exc:
+                log.info("running without CUDA graphs: %s", exc)
+                self._use_graphs = False
+        self._enqueue(slot, handle)
+        slot.runs[n] = runs + 1
+
+    def _enqueue(self, slot: _Slot, handle: int) -> None:
+        if not slot.context.execute_async_v3(handle):
+            raise U2EdgeError(f"{self._trt.name} failed to run the engine")
+
+    def collect(self, ticket: int) -> np.ndarray:
+        """Wait for a submitted batch; returns its (N, S, S) maps as a new array."""
+        with self._lock:
+            slot = self._slots[ticket % len(self._slots)]
+            if slot.pending is None:
+                raise U2EdgeError(f"nothing in flight for ticket {ticket}")
+            self._cuda.synchronize(slot.stream)
+            n, slot.pending = slot.pending, None
+            return slot.host_out[:n].copy()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.collect(self.submit(np.ascontiguousarray(batch, np.float32)))
+
+    def describe(self) -> str:
+        return self._describe
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        cuda = getattr(self, "_cuda", None)
+        for slot in self._slots:
+            for graph in slot.graphs.values():
+                cuda.destroy_graph(graph)
+            cuda.synchronize(slot.stream)
+            cuda.free(slot.device_in)
+            cuda.free(slot.device_out)
+            for ptr in slot.pinned:
+                cuda.free_pinned(ptr)
+            cuda.destroy_stream(slot.stream)
+        self._slots = []
+        self._engine = self._runtime = None
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and getattr(self, "_slots", None):
+            warnings.warn("a TensorRT engine was never closed; use it as a context manager or call close()",
+                          ResourceWarning, stacklevel=1)
+            self.close()
