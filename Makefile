@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 PHOTOS := astronaut.png chelsea.png coffee.png rocket.jpg motorcycle_left.png
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench native clean
 
 # runtime only (numpy, OpenCV, ONNX Runtime) plus scikit-image for its sample photos
 $(VENV)/.demo: pyproject.toml
@@ -34,8 +34,15 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(PY) -m pytest
 
+# the CUDA kernels as u2edge/_native*.so (needs nvcc, cmake and pybind11; runs on a CUDA GPU)
+native: $(VENV)/.test
+	$(VENV)/bin/cmake -S . -B build -DPython_EXECUTABLE=$(abspath $(PY)) \
+		-Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
+	$(VENV)/bin/cmake --build build -j
+	$(VENV)/bin/cmake --install build
+
 bench: $(VENV)/.test
 	$(VENV)/bin/u2edge bench --json-out bench.json --plot bench.png
 
 clean:
-	rm -rf $(VENV) out bench.json bench.png
+	rm -rf $(VENV) out bench.json bench.png build u2edge/_native*.so

@@ -15,6 +15,7 @@ import sys
 
 from . import __version__
 from .backends import SUFFIXES, choose
+from .native import status as native_status
 from .weights import WEIGHTS, cache_dir
 
 __all__ = ["collect", "opencv_features"]
@@ -115,6 +116,7 @@ def collect() -> dict:
         "gpus": _gpus(),
         "nvidia_smi": shutil.which("nvidia-smi") is not None,
         "cpu": _cpu(),
+        "native": native_status(),
         "backends": {suffix: choose(f"model{suffix}") for suffix in SUFFIXES},
         "default_weights": {"path": str(default), "cached": default.exists()},
     }

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         ("gpus", ", ".join(info["gpus"]) or "none found"),
         ("backends", ", ".join(f"{s} -> {m}" for s, m in info["backends"].items())),
         ("cpu fast path", _fast_path(info)),
+        ("native part", info["native"]),
         ("default model", f"{info['default_weights']['path']} "
                           f"({'cached' if info['default_weights']['cached'] else 'fetched on first use'})"),
     ]

@@ -1,0 +1,157 @@
+// Python module u2edge._native: the CUDA pre/post-processing kernels.
+//
+// The *_device functions take device pointers and a stream as ints (what u2edge.cuda hands out)
+// and only enqueue work; the plain functions take and return numpy arrays, for the tests and for
+// callers without device buffers of their own.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels.h"
+
+namespace py = pybind11;
+using u2edge::Bgr;
+using u2edge::Composite;
+using u2edge::Normalization;
+
+namespace {
+
+void check(cudaError_t err, const char* what) {
+    if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+template <typename T>
+T* ptr(std::uintptr_t value) {
+    return reinterpret_cast<T*>(value);
+}
+
+cudaStream_t stream_of(std::uintptr_t value) { return reinterpret_cast<cudaStream_t>(value); }
+
+Normalization make_norm(std::array<float, 3> mean, std::array<float, 3> std, bool max_normalize, bool swap_rb) {
+    Normalization n{};
+    for (int c = 0; c < 3; ++c) {
+        n.mean[c] = mean[c];
+        n.std[c] = std[c];
+    }
+    n.max_normalize = max_normalize;
+    n.swap_rb = swap_rb;
+    return n;
+}
+
+// A device buffer freed when it goes out of scope (for the numpy conveniences).
+struct Device {
+    void* p = nullptr;
+    explicit Device(size_t bytes) { check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc"); }
+    ~Device() { cudaFree(p); }
+    Device(const Device&) = delete;
+    Device& operator=(const Device&) = delete;
+};
+
+using U8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+void need_frame(const py::buffer_info& info, const char* name) {
+    if (info.ndim != 3 || info.shape[2] != 3)
+        throw std::invalid_argument(std::string(name) + " must be an HxWx3 uint8 array");
+}
+
+py::array_t<float> preprocess_host(U8 frame, int size, std::array<float, 3> mean, std::array<float, 3> std,
+                                   bool max_normalize, bool swap_rb) {
+    auto info = frame.request();
+    need_frame(info, "frame");
+    int h = static_cast<int>(info.shape[0]), w = static_cast<int>(info.shape[1]);
+    Device src(info.size), out(3L * size * size * sizeof(float)), scratch(3L * size * size + 8);
+    check(cudaMemcpy(src.p, info.ptr, info.size, cudaMemcpyHostToDevice), "upload");
+    check(u2edge::preprocess(static_cast<uint8_t*>(src.p), h, w, w * 3, size, make_norm(mean, std, max_normalize,
+                                                                                          swap_rb),
+                             out.p, false, static_cast<uint8_t*>(scratch.p), nullptr),
+          "preprocess");
+    py::array_t<float> result({3, size, size});
+    check(cudaMemcpy(result.mutable_data(), out.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    return result;
+}
+
+py::array_t<float> postprocess_host(F32 pred, int height, int width) {
+    auto info = pred.request();
+    if (info.ndim != 2 || info.shape[0] != info.shape[1]) throw std::invalid_argument("pred must be an SxS array");
+    int size = static_cast<int>(info.shape[0]);
+    Device src(info.size * sizeof(float)), mask(static_cast<size_t>(height) * width * sizeof(float)), scratch(8);
+    check(cudaMemcpy(src.p, info.ptr, info.size * sizeof(float), cudaMemcpyHostToDevice), "upload");
+    check(u2edge::postprocess(static_cast<float*>(src.p), size, static_cast<float*>(mask.p), height, width, scratch.p,
+                              nullptr),
+          "postprocess");
+    py::array_t<float> result({height, width});
+    check(cudaMemcpy(result.mutable_data(), mask.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    return result;
+}
+
+py::array_t<uint8_t> composite_host(U8 frame, F32 mask, int mode, std::array<int, 3> color, py::object background,
+                                    int blur) {
+    auto f = frame.request(), m = mask.request();
+    need_frame(f, "frame");
+    int h = static_cast<int>(f.shape[0]), w = static_cast<int>(f.shape[1]);
+    if (m.ndim != 2 || m.shape[0] != h || m.shape[1] != w) throw std::invalid_argument("mask must be HxW like frame");
+    auto kind = static_cast<Composite>(mode);
+    int channels = kind == Composite::Cutout ? 4 : 3;
+    Device src(f.size), msk(m.size * sizeof(float)), out(static_cast<size_t>(h) * w * channels),
+        scratch(kind == Composite::Blur ? 6L * h * w : 1), back(kind == Composite::Image ? f.size : 1);
+    check(cudaMemcpy(src.p, f.ptr, f.size, cudaMemcpyHostToDevice), "upload");
+    check(cudaMemcpy(msk.p, m.ptr, m.size * sizeof(float), cudaMemcpyHostToDevice), "upload");
+    if (kind == Composite::Image) {
+        auto b = U8::ensure(background);
+        if (!b || b.ndim() != 3 || b.shape(0) != h || b.shape(1) != w || b.shape(2) != 3)
+            throw std::invalid_argument("background must be an HxWx3 uint8 array the frame's size");
+        check(cudaMemcpy(back.p, b.data(), f.size, cudaMemcpyHostToDevice), "upload");
+    }
+    Bgr bgr{{static_cast<uint8_t>(color[0]), static_cast<uint8_t>(color[1]), static_cast<uint8_t>(color[2])}};
+    check(u2edge::composite(static_cast<uint8_t*>(src.p), static_cast<float*>(msk.p), h, w, kind, bgr,
+                            static_cast<uint8_t*>(back.p), blur, static_cast<uint8_t*>(scratch.p),
+                            static_cast<uint8_t*>(out.p), nullptr),
+          "composite");
+    py::array_t<uint8_t> result({h, w, channels});
+    check(cudaMemcpy(result.mutable_data(), out.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    return result;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+    m.doc() = "u2edge's CUDA pre/post-processing kernels";
+    m.def("preprocess", &preprocess_host, py::arg("frame"), py::arg("size"), py::arg("mean"), py::arg("std"),
+          py::arg("max_normalize") = true, py::arg("swap_rb") = true,
+          "HxWx3 uint8 frame -> 3xSxS float32 network input, on the GPU");
+    m.def("postprocess", &postprocess_host, py::arg("pred"), py::arg("height"), py::arg("width"),
+          "SxS fused map -> HxW mask in [0, 1], on the GPU");
+    m.def("composite", &composite_host, py::arg("frame"), py::arg("mask"), py::arg("mode"),
+          py::arg("color") = std::array<int, 3>{0, 0, 0}, py::arg("background") = py::none(), py::arg("blur") = 0,
+          "frame + mask -> cutout (mode 0, BGRA), color (1), image (2) or blur (3) composite, on the GPU");
+    m.def(
+        "preprocess_device",
+        [](std::uintptr_t frame, int height, int width, int pitch, int size, std::array<float, 3> mean,
+           std::array<float, 3> std, bool max_normalize, bool swap_rb, std::uintptr_t out, bool half_output,
+           std::uintptr_t scratch, std::uintptr_t stream) {
+            check(u2edge::preprocess(ptr<const uint8_t>(frame), height, width, pitch, size,
+                                     make_norm(mean, std, max_normalize, swap_rb), ptr<void>(out), half_output,
+                                     ptr<uint8_t>(scratch), stream_of(stream)),
+                  "preprocess");
+        },
+        "enqueue preprocessing on device buffers (scratch: 3*S*S+8 bytes)");
+    m.def(
+        "postprocess_device",
+        [](std::uintptr_t pred, int size, std::uintptr_t mask, int height, int width, std::uintptr_t scratch,
+           std::uintptr_t stream) {
+            check(u2edge::postprocess(ptr<const float>(pred), size, ptr<float>(mask), height, width, ptr<void>(scratch),
+                                      stream_of(stream)),
+                  "postprocess");
+        },
+        "enqueue postprocessing on device buffers (scratch: 8 bytes)");
+    m.attr("CUTOUT") = static_cast<int>(Composite::Cutout);
+    m.attr("COLOR") = static_cast<int>(Composite::Color);
+    m.attr("IMAGE") = static_cast<int>(Composite::Image);
+    m.attr("BLUR") = static_cast<int>(Composite::Blur);
+}
