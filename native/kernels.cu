@@ -28,6 +28,31 @@ __device__ inline float area_weight(int s, float start, float end) {
     return w > 1e-3f ? w : 0.f;  // OpenCV drops slivers under 1e-3
 }
 
+// INTER_AREA: calls add(x, y, weight) for every source pixel under output pixel (ox, oy).
+template <typename Add>
+__device__ inline void for_area(int ox, int oy, int src_w, int src_h, int dst_w, int dst_h, Add add) {
+    float x0, x1, cw, y0, y1, ch;
+    area_span(ox, static_cast<float>(src_w) / dst_w, src_w, x0, x1, cw);
+    area_span(oy, static_cast<float>(src_h) / dst_h, src_h, y0, y1, ch);
+    for (int y = static_cast<int>(floorf(y0)); y < min(src_h, static_cast<int>(ceilf(y1))); ++y) {
+        float wy = area_weight(y, y0, y1) / ch;
+        if (wy == 0.f) continue;
+        for (int x = static_cast<int>(floorf(x0)); x < min(src_w, static_cast<int>(ceilf(x1))); ++x)
+            add(x, y, wy * area_weight(x, x0, x1) / cw);
+    }
+}
+
+// INTER_LINEAR: the two source taps of output index `o` and the weight of the second, with
+// half-pixel centres and OpenCV's clamped borders.
+__device__ inline void linear_taps(int o, int src, int dst, int& t0, int& t1, float& f) {
+    float pos = (o + 0.5f) * src / dst - 0.5f;
+    t0 = static_cast<int>(floorf(pos));
+    f = pos - t0;
+    if (t0 < 0) { t0 = 0; f = 0.f; }
+    if (t0 >= src - 1) { t0 = src - 1; f = 0.f; }
+    t1 = min(t0 + 1, src - 1);
+}
+
 // Frame -> SxSx3 uint8 (the resized image, channel order unchanged), and its max into *peak.
 __global__ void resize_u8(const uint8_t* frame, int h, int w, int pitch, int size, uint8_t* small,
                           unsigned int* peak, bool area) {
@@ -36,31 +61,17 @@ __global__ void resize_u8(const uint8_t* frame, int h, int w, int pitch, int siz
     int ox = i % size, oy = i / size;
     float out[3] = {0.f, 0.f, 0.f};
     if (area) {
-        float sx = static_cast<float>(w) / size, sy = static_cast<float>(h) / size;
-        float x0, x1, cw, y0, y1, ch;
-        area_span(ox, sx, w, x0, x1, cw);
-        area_span(oy, sy, h, y0, y1, ch);
-        for (int y = static_cast<int>(floorf(y0)); y < min(h, static_cast<int>(ceilf(y1))); ++y) {
-            float wy = area_weight(y, y0, y1) / ch;
-            if (wy == 0.f) continue;
-            const uint8_t* row = frame + static_cast<long>(y) * pitch;
-            for (int x = static_cast<int>(floorf(x0)); x < min(w, static_cast<int>(ceilf(x1))); ++x) {
-                float wxy = wy * area_weight(x, x0, x1) / cw;
-                for (int c = 0; c < 3; ++c) out[c] += wxy * row[x * 3 + c];
-            }
-        }
+        for_area(ox, oy, w, h, size, size, [&](int x, int y, float weight) {
+            const uint8_t* px = frame + static_cast<long>(y) * pitch + x * 3;
+            for (int c = 0; c < 3; ++c) out[c] += weight * px[c];
+        });
         for (int c = 0; c < 3; ++c) out[c] = rintf(out[c]);  // cvRound: half to even
     } else {
         // 8-bit INTER_LINEAR: coefficients rounded to 11 bits each, one rounding at the end
-        float fx = (ox + 0.5f) * w / size - 0.5f, fy = (oy + 0.5f) * h / size - 0.5f;
-        int x = static_cast<int>(floorf(fx)), y = static_cast<int>(floorf(fy));
-        fx -= x;
-        fy -= y;
-        if (x < 0) { x = 0; fx = 0.f; }
-        if (x >= w - 1) { x = w - 1; fx = 0.f; }
-        if (y < 0) { y = 0; fy = 0.f; }
-        if (y >= h - 1) { y = h - 1; fy = 0.f; }
-        int x1 = min(x + 1, w - 1), y1 = min(y + 1, h - 1);
+        int x, x1, y, y1;
+        float fx, fy;
+        linear_taps(ox, w, size, x, x1, fx);
+        linear_taps(oy, h, size, y, y1, fy);
         int ax1 = __float2int_rn(fx * 2048.f), ax0 = __float2int_rn((1.f - fx) * 2048.f);
         int by1 = __float2int_rn(fy * 2048.f), by0 = __float2int_rn((1.f - fy) * 2048.f);
         const uint8_t* r0 = frame + static_cast<long>(y) * pitch;
@@ -128,26 +139,13 @@ __global__ void resize_mask(const float* pred, int size, const float* bounds, fl
     int ox = static_cast<int>(i % w), oy = static_cast<int>(i / w);
     float v = 0.f;
     if (h <= size && w <= size) {
-        float sx = static_cast<float>(size) / w, sy = static_cast<float>(size) / h;
-        float x0, x1, cw, y0, y1, ch;
-        area_span(ox, sx, size, x0, x1, cw);
-        area_span(oy, sy, size, y0, y1, ch);
-        for (int y = static_cast<int>(floorf(y0)); y < min(size, static_cast<int>(ceilf(y1))); ++y) {
-            float wy = area_weight(y, y0, y1) / ch;
-            if (wy == 0.f) continue;
-            for (int x = static_cast<int>(floorf(x0)); x < min(size, static_cast<int>(ceilf(x1))); ++x)
-                v += wy * area_weight(x, x0, x1) / cw * normalized(pred, size, x, y, bounds);
-        }
+        for_area(ox, oy, size, size, w, h,
+                 [&](int x, int y, float weight) { v += weight * normalized(pred, size, x, y, bounds); });
     } else {
-        float fx = (ox + 0.5f) * size / w - 0.5f, fy = (oy + 0.5f) * size / h - 0.5f;
-        int x = static_cast<int>(floorf(fx)), y = static_cast<int>(floorf(fy));
-        fx -= x;
-        fy -= y;
-        if (x < 0) { x = 0; fx = 0.f; }
-        if (x >= size - 1) { x = size - 1; fx = 0.f; }
-        if (y < 0) { y = 0; fy = 0.f; }
-        if (y >= size - 1) { y = size - 1; fy = 0.f; }
-        int x1 = min(x + 1, size - 1), y1 = min(y + 1, size - 1);
+        int x, x1, y, y1;
+        float fx, fy;
+        linear_taps(ox, size, w, x, x1, fx);
+        linear_taps(oy, size, h, y, y1, fy);
         v = (1.f - fy) * ((1.f - fx) * normalized(pred, size, x, y, bounds) + fx * normalized(pred, size, x1, y, bounds)) +
             fy * ((1.f - fx) * normalized(pred, size, x, y1, bounds) + fx * normalized(pred, size, x1, y1, bounds));
     }
