@@ -264,6 +264,9 @@ def test_bad_sources_and_sinks(clip, tmp_path):
     assert error_lines(proc) == ["u2edge: error: cannot write .webm videos; name the output .mp4 or .avi"]
     proc = run_cli("video", clip, "-o", clip, check_rc=1)
     assert "is the input; refusing to overwrite it" in proc.stderr
+    proc = run_cli("video", clip, "-o", tmp_path / "y.mp4", "--max-frames", "0", check_rc=1)
+    assert error_lines(proc) == ["u2edge: error: --max-frames 0 must be at least 1"]
+    assert not list(tmp_path.glob("*y*"))  # the refused run left no temp file
     photo = tmp_path / "photo.png"
     photo.write_bytes(b"not a folder")
     with pytest.raises(OutputError, match="is a file; give a folder, a video file name"):

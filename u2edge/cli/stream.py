@@ -28,11 +28,11 @@ def renderer(args: argparse.Namespace):
 
 def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
     """Run to the end; print the stats (a table, or JSON with --json); 1 if the source failed."""
-    if args.max_frames is not None and args.max_frames < 1:
-        raise U2EdgeError(f"--max-frames {args.max_frames} must be at least 1")
-    if args.retries < 0:
-        raise U2EdgeError(f"--retries {args.retries} must be 0 or more")
     try:
+        if args.max_frames is not None and args.max_frames < 1:
+            raise U2EdgeError(f"--max-frames {args.max_frames} must be at least 1")
+        if args.retries < 0:
+            raise U2EdgeError(f"--retries {args.retries} must be 0 or more")
         draw = renderer(args)
         engine = U2EdgeEngine(args.engine)
     except BaseException:  # nothing ran: leave no output behind
@@ -43,7 +43,8 @@ def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
     with engine:
         log.debug("engine: %s; source %s (%s); sink %s", engine.describe(), source.uri,
                   "live" if source.live else "lossless", sink.uri)
-        progress = Progress(source.count or 0, "video", enabled=not args.quiet and bool(source.count))
+        total = min(source.count or 0, args.max_frames or source.count or 0)
+        progress = Progress(total, "video", enabled=not args.quiet and bool(total))
 
         def on_frame(stats: Stats) -> None:
             progress.step()
