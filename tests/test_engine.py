@@ -133,3 +133,35 @@ def test_bad_max_batch_and_stale_metadata(tmp_path, official_onnx):
     onnx.save(model, tmp_path / "stale.onnx")
     with pytest.raises(ModelFormatError, match="metadata says 320px but its input is 288px"):
         U2EdgeEngine(tmp_path / "stale.onnx")
+
+
+def test_torch_backend_device_choices(official_checkpoint):
+    import torch
+
+    from u2edge.cuda import NoCudaDevice
+    from u2edge.errors import U2EdgeError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(NoCudaDevice, match=r"device='cuda' but this torch .* sees no CUDA device; use device='cpu'"):
+            U2EdgeEngine(official_checkpoint, device="cuda")
+        with pytest.raises(U2EdgeError, match="half=True needs a CUDA device"):
+            U2EdgeEngine(official_checkpoint, half=True)
+    with pytest.raises(U2EdgeError, match="device=.tpu.: use .cpu., .cuda. or .cuda:N."):
+        U2EdgeEngine(official_checkpoint, device="tpu")
+
+
+@pytest.mark.gpu
+def test_torch_cuda_fp16_with_cuda_graphs_matches_onnxruntime(official_checkpoint, engine, photos):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA build of torch on a GPU machine")
+    with U2EdgeEngine(official_checkpoint, device="cuda") as gpu, \
+            U2EdgeEngine(official_checkpoint, device="cuda", half=False, cuda_graph=False) as eager:
+        assert "fp16" in gpu.describe() and "CUDA graphs" in gpu.describe()
+        frames = [photos[n] for n in PHOTOS]
+        first, again = gpu.batch(frames), gpu.batch(frames)  # the second batch replays the graphs
+        for name, a, b, c in zip(PHOTOS, first, again, eager.batch(frames)):
+            ref = engine(photos[name])
+            assert np.array_equal(a, b), name
+            assert iou(a, ref) > 0.98 and np.abs(a - ref).mean() < 0.01, name  # FP16 tolerance
+            assert np.abs(c - ref).max() < 1e-3, name  # FP32 on the GPU
