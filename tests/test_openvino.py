@@ -18,8 +18,10 @@ pytest.importorskip("openvino", reason="the CPU fast path needs OpenVINO: pip in
 def test_openvino_runs_dot_onnx_by_default_and_onnxruntime_on_request(official_onnx):
     assert choose(official_onnx) == "openvino"
     assert choose(official_onnx, "onnxruntime") == "onnxruntime"
-    with pytest.raises(ModelFormatError, match="backend 'torch' cannot run .onnx files; use one of openvino, onnxruntime"):
-        choose(official_onnx, "torch")
+    assert choose(official_onnx, "torch") == "torch"  # PyTorch imports an ONNX's weights
+    with pytest.raises(ModelFormatError, match="backend 'tensorrt' cannot run .onnx files; use one of openvino, "
+                                               "onnxruntime, torch"):
+        choose(official_onnx, "tensorrt")
 
 
 def test_openvino_fp32_gives_onnxruntime_masks(official_onnx, engine, photos):

@@ -27,7 +27,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
 SUFFIXES: dict[str, tuple[str, ...]] = {
     ".engine": ("tensorrt",),
     ".plan": ("tensorrt",),
-    ".onnx": ("openvino", "onnxruntime"),
+    ".onnx": ("openvino", "onnxruntime", "torch"),  # torch imports the ONNX's weights
     ".pth": ("torch",),
     ".pt": ("torch",),
 }

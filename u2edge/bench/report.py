@@ -32,7 +32,9 @@ def table(result: dict) -> str:
         if row.get("fixed_batch") and max(result["batch_sizes"]) > 1:
             lines.append(f"  (its model has a fixed batch of {row['fixed_batch']}: no other batch size runs)")
     lines.append("")
-    lines += [f"{row['name']}: {row['describe']}" for row in result["rows"]]
+    lines += [f"{row['name']}: {row['describe']}"
+              + (f"; peak GPU memory {row['gpu_memory_mb']:.0f} MB" if row.get("gpu_memory_mb") else "")
+              for row in result["rows"]]
     lines += [f"not measured: {reason}" for reason in result["skipped"]]
     return "\n".join(lines)
 

@@ -46,6 +46,7 @@ class Config:
     backend: str | None = None
     precision: str = "fp32"
     peer: bool = False
+    options: dict = field(default_factory=dict)  # backend options, e.g. {"device": "cuda"}
 
 
 @dataclass
@@ -109,6 +110,7 @@ def configurations(opts: BenchOptions) -> list[Config]:
     else:
         opts.skipped.append("u2edge openvino fp32/int8 (the CPU fast path): openvino is not installed; "
                             "pip install 'u2edge[cpu]'")
+    configs += _gpu_configurations(official, opts)
     if not opts.peers:
         return configs
     if available("torch"):
@@ -124,9 +126,25 @@ def configurations(opts: BenchOptions) -> list[Config]:
     return configs
 
 
+def _gpu_configurations(official: str, opts: BenchOptions) -> list[Config]:
+    """PyTorch on CUDA: FP16 with channels_last and CUDA graphs, against eager FP32."""
+    if not available("torch"):
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        opts.skipped.append("GPU rows (PyTorch CUDA fp16 + CUDA graphs, eager fp32): no CUDA device")
+        return []
+    return [Config("u2edge torch cuda fp32 eager", "u2edge", official, "torch",
+                   options={"device": "cuda", "half": False, "cuda_graph": False}),
+            Config("u2edge torch cuda fp16 + CUDA graphs", "u2edge", official, "torch", "fp16",
+                   options={"device": "cuda", "half": True, "cuda_graph": True})]
+
+
 def _run_worker(config: Config, opts: BenchOptions, tmp: Path, index: int) -> dict:
     spec_path, result_path = tmp / f"spec{index}.json", tmp / f"result{index}.json"
-    spec = {"kind": config.kind, "model": config.model, "backend": config.backend, "repeats": opts.repeats,
+    spec = {"kind": config.kind, "model": config.model, "backend": config.backend, "options": config.options,
+            "repeats": opts.repeats,
             "batches": list(opts.batches), "images": [str(p) for p in opts.images]}
     spec_path.write_text(json.dumps(spec))
     if config.kind == "rembg":
@@ -174,7 +192,8 @@ def run(opts: BenchOptions, progress=lambda name: None) -> dict:
                          "batches": {k: {"images_per_s": statistics.mean(v), "spread": statistics.pstdev(v)}
                                      for k, v in raw.get("batches", {}).items()},
                          "fixed_batch": raw.get("fixed_batch"),
-                         "peak_rss_mb": raw["peak_rss_mb"], "model_mb": round(model_bytes / 1e6, 2), "_masks": masks})
+                         "peak_rss_mb": raw["peak_rss_mb"], "gpu_memory_mb": raw.get("gpu_memory_mb"),
+                         "model_mb": round(model_bytes / 1e6, 2), "_masks": masks})
     reference = rows[0]["_masks"]
     for row in rows:
         per_image = {name: agreement(mask, reference[name]) for name, mask in row.pop("_masks").items()}

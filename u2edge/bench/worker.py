@@ -29,7 +29,7 @@ def _u2edge(spec: dict, out: dict) -> dict[str, np.ndarray]:
     from ..render import render
 
     paths = [Path(p) for p in spec["images"]]
-    with U2EdgeEngine(spec["model"], backend=spec.get("backend")) as engine, \
+    with U2EdgeEngine(spec["model"], backend=spec.get("backend"), **spec.get("options", {})) as engine, \
             tempfile.TemporaryDirectory(prefix="u2edge-bench-") as tmp:
         out["describe"] = engine.backend.describe()
         frames = [read_image(p) for p in paths]
@@ -48,6 +48,10 @@ def _u2edge(spec: dict, out: dict) -> dict[str, np.ndarray]:
             write_image(Path(tmp) / f"{path.stem}.png", render(frame, engine(frame), "mask"))
 
         out["end_to_end"] = measure(end_to_end, paths, spec["repeats"])
+        if spec.get("options", {}).get("device", "cpu").startswith("cuda"):
+            import torch
+
+            out["gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         return {p.name: engine(f) for p, f in zip(paths, frames)}
 
 
