@@ -12,7 +12,7 @@ from conftest import PHOTOS, run_cli
 from u2edge import U2EdgeEngine
 from u2edge.cuda import NoCudaDevice
 from u2edge.errors import IncompatibleEngineError, MissingDependencyError
-from u2edge.sidecar import check_engine, read_sidecar, rebuild_command, sidecar_path
+from u2edge.sidecar import check_device, read_sidecar, rebuild_command, sidecar_path
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds plans without a GPU: pip install -e '.[rtx]'")
 pytest.importorskip("onnx", reason="building needs the export extra: pip install -e '.[export]'")
@@ -69,14 +69,14 @@ def test_a_plan_from_another_tensorrt_is_refused(plan, tmp_path):
 def test_a_plan_for_another_gpu_is_refused():
     side = {"tensorrt": {"flavour": "tensorrt", "version": "10.3.0"}, "device": {"gpu": "Orin", "compute_capability": "8.7"},
             "targets": None, "build_options": {"precision": "fp16"}}
-    check_engine("m.engine", b"", {**side}, "tensorrt 10.3.0", {"gpu": "Orin", "compute_capability": "8.7"})
+    check_device("m.engine", side, {"gpu": "Orin", "compute_capability": "8.7"})
     with pytest.raises(IncompatibleEngineError, match="was built for Orin and this GPU is NVIDIA H100 80GB HBM3; "
                                                       "plans do not move between GPUs"):
-        check_engine("m.engine", b"", side, "tensorrt 10.3.0", {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+        check_device("m.engine", side, {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
     rtx = {**side, "tensorrt": {"flavour": "tensorrt_rtx", "version": "1.7"}, "targets": ["sm86", "sm89"]}
-    check_engine("m.engine", b"", rtx, "tensorrt_rtx 1.7", {"gpu": "RTX 4090", "compute_capability": "8.9"})
+    check_device("m.engine", rtx, {"gpu": "RTX 4090", "compute_capability": "8.9"})
     with pytest.raises(IncompatibleEngineError, match="was built for sm86, sm89 and this GPU .* is sm90"):
-        check_engine("m.engine", b"", rtx, "tensorrt_rtx 1.7", {"gpu": "H100", "compute_capability": "9.0"})
+        check_device("m.engine", rtx, {"gpu": "H100", "compute_capability": "9.0"})
 
 
 def test_without_a_gpu_the_plan_says_so_in_one_line(plan, photo_paths, tmp_path):

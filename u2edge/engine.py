@@ -45,17 +45,20 @@ class U2EdgeEngine:
 
     def batch(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> list[np.ndarray]:
         """Masks for frames of any sizes, in order; frames run ``max_batch`` at a time."""
-        size = self.preprocessing.imgsz
         masks: list[np.ndarray] = []
         for start in range(0, len(frames), self.max_batch):
             chunk = frames[start:start + self.max_batch]
-            rows = self.backend.batch_size or len(chunk)
-            inputs = np.zeros((rows, 3, size, size), np.float32)  # a fixed batch is padded
-            for i, frame in enumerate(chunk):
-                preprocess(frame, self.preprocessing, rgb=rgb, out=inputs[i])
-            preds = self.backend.infer(inputs)
+            preds = self.backend.infer(self.inputs(chunk, rgb=rgb))
             masks.extend(postprocess(pred, *frame.shape[:2]) for pred, frame in zip(preds, chunk))
         return masks
+
+    def inputs(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> np.ndarray:
+        """The network input for up to ``max_batch`` frames; a fixed-batch model's is zero-padded."""
+        size = self.preprocessing.imgsz
+        inputs = np.zeros((self.backend.batch_size or len(frames), 3, size, size), np.float32)
+        for i, frame in enumerate(frames):
+            preprocess(frame, self.preprocessing, rgb=rgb, out=inputs[i])
+        return inputs
 
     def describe(self) -> str:
         return f"{self.backend.describe()} on {os.fspath(self.path)} ({self.preprocessing.imgsz}px)"

@@ -16,7 +16,7 @@ from pathlib import Path
 from ._files import write_bytes_atomic
 
 __all__ = ["Precision", "identity_hash", "sidecar_path", "read_sidecar", "write_sidecar", "rebuild_command",
-           "check_engine"]
+           "check_engine", "check_device"]
 
 
 class Precision(str, enum.Enum):
@@ -76,11 +76,10 @@ def rebuild_command(engine: str | os.PathLike, sidecar: dict | None) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def check_engine(engine: str | os.PathLike, plan: bytes, sidecar: dict | None, trt_name: str,
-                 device: dict | None) -> None:
+def check_engine(engine: str | os.PathLike, plan: bytes, sidecar: dict | None, trt_name: str) -> None:
     """Refuse a plan that cannot run here, before TensorRT sees it: truncated or altered (against
-    its sidecar), built by another TensorRT, or for another GPU. Each error ends with the command
-    that rebuilds it. Without a sidecar (a plan from trtexec) nothing can be checked here."""
+    its sidecar), or built by another TensorRT. Each error ends with the command that rebuilds it.
+    Without a sidecar (a plan from trtexec) nothing can be checked here."""
     from .errors import IncompatibleEngineError
 
     if sidecar is None:
@@ -97,8 +96,15 @@ def check_engine(engine: str | os.PathLike, plan: bytes, sidecar: dict | None, t
     if built and built_name != trt_name:
         raise IncompatibleEngineError(f"{engine} was built with {built_name} and this machine has {trt_name}; "
                                       f"plans do not move between TensorRT versions: {fix}")
-    if device is None:
+
+
+def check_device(engine: str | os.PathLike, sidecar: dict | None, device: dict) -> None:
+    """Refuse a plan built for another GPU, or for compute capabilities that exclude this one."""
+    from .errors import IncompatibleEngineError
+
+    if sidecar is None:
         return
+    fix = f"rebuild it here: {rebuild_command(engine, sidecar)}"
     here = f"sm{str(device.get('compute_capability') or '').replace('.', '')}"
     targets = sidecar.get("targets")
     if targets:

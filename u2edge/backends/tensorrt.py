@@ -27,7 +27,7 @@ from .. import trtcompat
 from ..cuda import load as load_cuda
 from ..errors import IncompatibleEngineError, ModelFormatError, U2EdgeError
 from ..processing import Preprocessing
-from ..sidecar import check_engine, read_sidecar, rebuild_command
+from ..sidecar import check_device, check_engine, read_sidecar, rebuild_command
 from .base import Backend
 
 __all__ = ["TensorRTBackend"]
@@ -71,9 +71,9 @@ class TensorRTBackend(Backend):
         plan = path.read_bytes()
         built = (sidecar or {}).get("tensorrt") or {}
         trt = self._trt = trtcompat.load(tensorrt or built.get("flavour"))
-        check_engine(path, plan, sidecar, trt.name, None)  # before CUDA: the file and the TensorRT version
+        check_engine(path, plan, sidecar, trt.name)  # before CUDA: the file and the TensorRT version
         cuda = self._cuda = load_cuda()
-        check_engine(path, plan, sidecar, trt.name, cuda.device)
+        check_device(path, sidecar, cuda.device)
         logger = trtcompat.make_logger(trt)
         self._runtime = trt.module.Runtime(logger)
         engine = self._engine = self._runtime.deserialize_cuda_engine(plan)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SourceError
-from ..processing import postprocess, preprocess
+from ..processing import postprocess
 from .sinks import Sink, StopStream
 from .sources import CorruptFrame, Source
 
@@ -200,11 +200,9 @@ class Pipeline:
 
     # --- inference -----------------------------------------------------------------------------
     def _infer(self, frame: Frame) -> np.ndarray:
-        spec, stats = self.engine.preprocessing, self.stats
+        stats = self.stats
         t0 = time.perf_counter()
-        x = preprocess(frame.image, spec)[None]
-        if self.engine.backend.batch_size not in (None, 1):  # a fixed-batch model: pad the batch
-            x = np.concatenate([x, np.zeros((self.engine.backend.batch_size - 1,) + x.shape[1:], x.dtype)])
+        x = self.engine.inputs([frame.image])
         t1 = time.perf_counter()
         pred = self.engine.backend.infer(x)[0]
         t2 = time.perf_counter()

@@ -73,8 +73,8 @@ class CaptureSource(Source):
 
     def __init__(self, uri: str, target, backend: int, *, live: bool, options: CaptureOptions = CaptureOptions(),
                  what: str = "source") -> None:
-        self.uri, self.live, self._target, self._backend, self._options, self._what = uri, live, target, backend, \
-            options, what
+        self.uri, self.live, self._what = uri, live, what
+        self._target, self._backend, self._options = target, backend, options
         self._cap = None
         self._open()
 
