@@ -12,10 +12,11 @@ PHOTOS := astronaut.png chelsea.png coffee.png rocket.jpg motorcycle_left.png
 
 .PHONY: demo test bench native clean
 
-# runtime only (numpy, OpenCV, ONNX Runtime) plus scikit-image for its sample photos
+# runtime only (numpy, OpenCV, ONNX Runtime) plus scikit-image for its sample photos; the demo
+# runs on the CPU, so it skips compiling the CUDA part (make native adds it)
 $(VENV)/.demo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e . scikit-image
+	U2EDGE_NATIVE=off $(PIP) -e . scikit-image
 	touch $@
 
 # everything the tests and the benchmark use; torch is pinned first so pip takes the CPU build,
@@ -34,12 +35,11 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(PY) -m pytest
 
-# the CUDA kernels as u2edge/_native*.so (needs nvcc, cmake and pybind11; runs on a CUDA GPU)
+# the CUDA kernels as u2edge/_native*.so: pip install builds them where nvcc is found; this
+# rebuilds them and fails loudly if they cannot be built (set U2EDGE_CUDA_ARCHITECTURES=87 for
+# one GPU only)
 native: $(VENV)/.test
-	$(VENV)/bin/cmake -S . -B build -DPython_EXECUTABLE=$(abspath $(PY)) \
-		-Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
-	$(VENV)/bin/cmake --build build -j
-	$(VENV)/bin/cmake --install build
+	U2EDGE_NATIVE=on $(PIP) --no-deps -e .
 
 bench: $(VENV)/.test
 	$(VENV)/bin/u2edge bench --json-out bench.json --plot bench.png

@@ -150,6 +150,9 @@ PYBIND11_MODULE(_native, m) {
                   "postprocess");
         },
         "enqueue postprocessing on device buffers (scratch: 8 bytes)");
+#ifdef U2EDGE_CUDA_ARCHITECTURES
+    m.attr("CUDA_ARCHITECTURES") = U2EDGE_CUDA_ARCHITECTURES;  // what CMake compiled the kernels for
+#endif
     m.attr("CUTOUT") = static_cast<int>(Composite::Cutout);
     m.attr("COLOR") = static_cast<int>(Composite::Color);
     m.attr("IMAGE") = static_cast<int>(Composite::Image);

@@ -1,4 +1,5 @@
-"""The native part (CMakeLists.txt): CUDA pre/post-processing kernels as ``u2edge._native``.
+"""The native part (CMakeLists.txt): CUDA pre/post-processing kernels as ``u2edge._native``,
+built by ``pip install`` where nvcc is found (setup.py).
 
 It is optional. Where it is not built, or there is no CUDA device, frames are pre- and
 post-processed on the CPU (``u2edge.processing``), and ``u2edge info`` says which path is active.
@@ -12,7 +13,7 @@ from types import ModuleType
 
 __all__ = ["load", "status", "BUILD_COMMAND"]
 
-BUILD_COMMAND = "make native, or cmake -S . -B build && cmake --build build && cmake --install build"
+BUILD_COMMAND = "U2EDGE_NATIVE=on pip install -e . (needs nvcc: the CUDA toolkit)"
 
 
 def load() -> ModuleType | None:
@@ -27,4 +28,6 @@ def status() -> str:
     module = load()
     if module is None:
         return f"not built: CPU pre/post-processing; build it with: {BUILD_COMMAND}"
-    return f"built ({Path(module.__file__).name}): CUDA pre/post-processing where a CUDA device is present"
+    architectures = getattr(module, "CUDA_ARCHITECTURES", "unknown")
+    return (f"built ({Path(module.__file__).name}, sm {architectures}): CUDA pre/post-processing where a CUDA "
+            "device is present")
