@@ -165,3 +165,31 @@ def test_torch_cuda_fp16_with_cuda_graphs_matches_onnxruntime(official_checkpoin
             assert np.array_equal(a, b), name
             assert iou(a, ref) > 0.98 and np.abs(a - ref).mean() < 0.01, name  # FP16 tolerance
             assert np.abs(c - ref).max() < 1e-3, name  # FP32 on the GPU
+
+
+@pytest.mark.gpu
+def test_the_gpu_frame_path_matches_the_cpu_one(official_checkpoint, photos):
+    """u2edge._native pre- and post-processes on the network's device buffers (u2edge.framepath),
+    here through PyTorch on CUDA in FP32, against the same model with CPU pre/post-processing."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA build of torch on a GPU machine")
+    from u2edge.native import load
+
+    if load() is None:
+        pytest.skip("the native part is not built (pip install -e . with nvcc)")
+    frames = [photos[n] for n in PHOTOS]
+    frames += [cv2.resize(photos["astronaut.png"], (1920, 1080)), photos["chelsea.png"][:200, :250]]
+    with U2EdgeEngine(official_checkpoint, device="cuda", half=False) as gpu, \
+            U2EdgeEngine(official_checkpoint, device="cuda") as half, \
+            U2EdgeEngine(official_checkpoint, device="cuda", half=False, gpu_frames=False) as cpu:
+        assert gpu.backend.gpu_frames and "GPU pre/post-processing" in gpu.describe()
+        assert not cpu.backend.gpu_frames
+        references = cpu.batch(frames)
+        # one batch of mixed sizes; FP32 and FP16 (the kernel writes the FP16 input itself)
+        for i, (a, h, b) in enumerate(zip(gpu.batch(frames), half.batch(frames), references)):
+            assert a.shape == h.shape == b.shape == frames[i].shape[:2]
+            assert np.abs(a - b).mean() < 1e-3 and np.abs(a - b).max() < 0.05, i
+            assert iou(h, b) > 0.98 and np.abs(h - b).mean() < 0.01, i
+        with pytest.raises(ImageError, match="expected an HxWx3 uint8 frame"):
+            gpu(frames[0].astype(np.float32))

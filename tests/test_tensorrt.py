@@ -112,3 +112,10 @@ def test_plan_on_a_gpu_matches_onnxruntime(plan, engine, photos):
             assert np.array_equal(mask, repeat)
         tickets = [gpu.backend.submit(np.zeros((1, 3, 320, 320), np.float32)) for _ in range(2)]
         assert [gpu.backend.collect(t).shape for t in tickets] == [(1, 320, 320)] * 2
+        if gpu.backend.gpu_frames:  # the native part is built: frames went through its kernels above
+            with U2EdgeEngine(plan, gpu_frames=False) as cpu_frames:
+                for name, mask, reference in zip(PHOTOS, masks, cpu_frames.batch([photos[n] for n in PHOTOS])):
+                    assert np.abs(mask - reference).mean() < 1e-3 and np.abs(mask - reference).max() < 0.05, name
+            frames = [photos[n] for n in PHOTOS[:2]]
+            tickets = [gpu.backend.submit_frames([frame]) for frame in frames]  # two in flight
+            assert [m[0].shape for m in map(gpu.backend.collect, tickets)] == [f.shape[:2] for f in frames]

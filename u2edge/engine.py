@@ -48,6 +48,9 @@ class U2EdgeEngine:
         masks: list[np.ndarray] = []
         for start in range(0, len(frames), self.max_batch):
             chunk = frames[start:start + self.max_batch]
+            if self.backend.gpu_frames:  # the frames go up as uint8, the masks come down at frame size
+                masks.extend(self.backend.infer_frames(chunk, rgb=rgb))
+                continue
             preds = self.backend.infer(self.inputs(chunk, rgb=rgb))
             masks.extend(postprocess(pred, *frame.shape[:2]) for pred, frame in zip(preds, chunk))
         return masks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -18,7 +19,8 @@ class Backend(abc.ABC):
 
     Subclasses open their model in ``__init__`` and set ``preprocessing`` (what the model
     expects) and ``batch_size``: the fixed batch of the model, or None when it is dynamic (then
-    ``max_batch`` may bound it).
+    ``max_batch`` may bound it). A GPU backend whose frames are pre- and post-processed on the
+    GPU (``u2edge.framepath``) sets ``gpu_frames`` and implements ``infer_frames``.
     """
 
     suffixes: ClassVar[tuple[str, ...]] = ()
@@ -27,6 +29,7 @@ class Backend(abc.ABC):
     preprocessing: Preprocessing
     batch_size: int | None
     max_batch: int | None = None  # the largest batch a dynamic model takes; None: any
+    gpu_frames: bool = False
 
     @classmethod
     def installed(cls) -> bool:
@@ -36,6 +39,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 -> (N, S, S) float32 fused sigmoid maps."""
+
+    def infer_frames(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> list[np.ndarray]:
+        """HxWx3 uint8 frames -> HxW float32 masks, pre- and post-processed on the GPU."""
+        raise NotImplementedError(f"{self.name} pre- and post-processes on the CPU")
 
     def describe(self) -> str:
         """One line naming the backend and where it runs."""

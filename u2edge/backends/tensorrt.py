@@ -4,9 +4,11 @@ Opening an engine checks it against its sidecar first (truncated, another Tensor
 ``IncompatibleEngineError`` with the command that rebuilds it), then deserializes it, binds its
 tensors by name, and allocates device buffers and pinned host buffers once per in-flight slot.
 Each slot has its own execution context and stream; ``submit``/``collect`` keep several batches
-in flight, ``infer`` is one submit and collect. A static shape is captured into a CUDA graph on
-its second run (``cuda_graph=False`` turns that off). The same code drives ``tensorrt`` and
-``tensorrt_rtx``; CUDA calls go through ``u2edge.cuda``.
+in flight, ``infer`` is one submit and collect. Where the native part is built, ``submit_frames``
+takes uint8 frames instead and returns frame-size masks, pre- and post-processed on the GPU
+(``u2edge.framepath``; ``gpu_frames=False`` keeps that on the CPU). A static shape is captured
+into a CUDA graph on its second run (``cuda_graph=False`` turns that off). The same code drives
+``tensorrt`` and ``tensorrt_rtx``; CUDA calls go through ``u2edge.cuda``.
 
 An engine is safe to use from several threads: calls are serialised by a lock. For throughput,
 open one engine per thread, or keep frames in flight with ``submit``/``collect``.
@@ -19,6 +21,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,9 @@ import numpy as np
 from .. import trtcompat
 from ..cuda import load as load_cuda
 from ..errors import IncompatibleEngineError, ModelFormatError, U2EdgeError
-from ..processing import Preprocessing
+from ..framepath import GpuFrames
+from ..native import BUILD_COMMAND, load as load_native
+from ..processing import Preprocessing, check_frame
 from ..sidecar import check_device, check_engine, read_sidecar, rebuild_command
 from .base import Backend
 
@@ -46,9 +51,11 @@ class _Slot:
     host_in: np.ndarray
     host_out: np.ndarray
     pinned: list[int]
+    frames: GpuFrames | None  # the GPU frame path, where the native part is built
     graphs: dict[int, object] = field(default_factory=dict)  # batch size -> instantiated CUDA graph
     runs: dict[int, int] = field(default_factory=dict)  # batch size -> plain runs so far
     pending: int | None = None  # the batch size submitted and not yet collected
+    pending_frames: bool = False  # whether that batch came from submit_frames
 
 
 class TensorRTBackend(Backend):
@@ -61,7 +68,7 @@ class TensorRTBackend(Backend):
         return trtcompat.installed()
 
     def __init__(self, path: str | os.PathLike, *, cuda_graph: bool = True, in_flight: int = 2,
-                 tensorrt: str | None = None) -> None:
+                 gpu_frames: bool = True, tensorrt: str | None = None) -> None:
         self._slots: list[_Slot] = []
         self._closed = False
         path = Path(path)
@@ -84,6 +91,8 @@ class TensorRTBackend(Backend):
         self._bind_io(path, trt.io_tensors(engine))
         self.preprocessing = Preprocessing.from_metadata((sidecar or {}).get("preprocessing") or {}, imgsz=self._size)
         self._use_graphs = cuda_graph
+        self._native = load_native() if gpu_frames else None
+        self.gpu_frames = self._native is not None
         self._lock = threading.Lock()
         self._next = 0
         try:
@@ -92,7 +101,9 @@ class TensorRTBackend(Backend):
         except BaseException:
             self.close()
             raise
-        self._describe = f"{trt.name} ({cuda.device['gpu']}, {(sidecar or {}).get('precision', 'unknown precision')})"
+        where = "GPU" if self.gpu_frames else "CPU"
+        self._describe = (f"{trt.name} ({cuda.device['gpu']}, {(sidecar or {}).get('precision', 'unknown precision')}, "
+                          f"{where} pre/post-processing)")
 
     def _bind_io(self, path: Path, tensors: list[dict]) -> None:
         inputs = [t for t in tensors if t["input"]]
@@ -123,8 +134,9 @@ class TensorRTBackend(Backend):
             raise U2EdgeError("out of GPU memory creating a TensorRT execution context; close other GPU programs")
         host_in, pin_in = cuda.pinned((n, 3, size, size))
         host_out, pin_out = cuda.pinned((n, size, size))
+        frames = GpuFrames(cuda, self._native, self.preprocessing) if self._native is not None else None
         slot = _Slot(context, cuda.stream(), cuda.malloc(host_in.nbytes), cuda.malloc(host_out.nbytes),
-                     host_in, host_out, [pin_in, pin_out])
+                     host_in, host_out, [pin_in, pin_out], frames)
         context.set_tensor_address(self._input, slot.device_in)
         context.set_tensor_address(self._output, slot.device_out)
         return slot
@@ -137,20 +149,42 @@ class TensorRTBackend(Backend):
             raise U2EdgeError(f"batch of shape {batch.shape}: this engine takes (1..{self.max_batch}, 3, "
                               f"{self._size}, {self._size})")
         with self._lock:
-            ticket = self._next
-            slot = self._slots[ticket % len(self._slots)]
-            if slot.pending is not None:
-                raise U2EdgeError(f"{len(self._slots)} batches are already in flight; collect one first")
-            self._next += 1
-            if self.batch_size is None:
-                slot.context.set_input_shape(self._input, (n, 3, self._size, self._size))
+            ticket, slot = self._take(n)
             slot.host_in[:n] = batch
-            stream = slot.stream
-            self._cuda.to_device(slot.device_in, slot.host_in[:n], stream)
+            self._cuda.to_device(slot.device_in, slot.host_in[:n], slot.stream)
             self._execute(slot, n)
-            self._cuda.to_host(slot.host_out[:n], slot.device_out, stream)
-            slot.pending = n
+            self._cuda.to_host(slot.host_out[:n], slot.device_out, slot.stream)
+            slot.pending, slot.pending_frames = n, False
             return ticket
+
+    def submit_frames(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> int:
+        """Start up to ``max_batch`` HxWx3 uint8 frames of any sizes, pre- and post-processed on
+        the GPU; ``collect`` then returns their masks."""
+        if not self.gpu_frames:
+            raise U2EdgeError("this engine pre- and post-processes on the CPU (gpu_frames=False, or u2edge._native "
+                              f"is not built: {BUILD_COMMAND}); use submit() with preprocessed batches")
+        if not 1 <= len(frames) <= self.max_batch:
+            raise U2EdgeError(f"{len(frames)} frames: this engine takes 1 to {self.max_batch} at once")
+        for frame in frames:
+            check_frame(frame)
+        with self._lock:
+            ticket, slot = self._take(len(frames))
+            slot.frames.upload(frames, rgb, slot.device_in, slot.stream)
+            self._execute(slot, self.batch_size or len(frames))
+            slot.frames.download(slot.device_out, slot.stream)
+            slot.pending, slot.pending_frames = len(frames), True
+            return ticket
+
+    def _take(self, n: int) -> tuple[int, _Slot]:
+        """The next free slot, set up for a batch of ``n``; called with the lock held."""
+        ticket = self._next
+        slot = self._slots[ticket % len(self._slots)]
+        if slot.pending is not None:
+            raise U2EdgeError(f"{len(self._slots)} batches are already in flight; collect one first")
+        self._next += 1
+        if self.batch_size is None:
+            slot.context.set_input_shape(self._input, (n, 3, self._size, self._size))
+        return ticket, slot
 
     def _execute(self, slot: _Slot, n: int) -> None:
         handle = self._cuda.handle(slot.stream)
@@ -174,18 +208,22 @@ class TensorRTBackend(Backend):
         if not slot.context.execute_async_v3(handle):
             raise U2EdgeError(f"{self._trt.name} failed to run the engine")
 
-    def collect(self, ticket: int) -> np.ndarray:
-        """Wait for a submitted batch; returns its (N, S, S) maps as a new array."""
+    def collect(self, ticket: int) -> np.ndarray | list[np.ndarray]:
+        """Wait for a submitted batch: ``submit``'s (N, S, S) maps as a new array, or
+        ``submit_frames``' masks as new HxW arrays."""
         with self._lock:
             slot = self._slots[ticket % len(self._slots)]
             if slot.pending is None:
                 raise U2EdgeError(f"nothing in flight for ticket {ticket}")
             self._cuda.synchronize(slot.stream)
             n, slot.pending = slot.pending, None
-            return slot.host_out[:n].copy()
+            return slot.frames.masks() if slot.pending_frames else slot.host_out[:n].copy()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.collect(self.submit(np.ascontiguousarray(batch, np.float32)))
+
+    def infer_frames(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> list[np.ndarray]:
+        return self.collect(self.submit_frames(frames, rgb=rgb))
 
     def describe(self) -> str:
         return self._describe
@@ -199,6 +237,8 @@ class TensorRTBackend(Backend):
             for graph in slot.graphs.values():
                 cuda.destroy_graph(graph)
             cuda.synchronize(slot.stream)
+            if slot.frames is not None:
+                slot.frames.close()
             cuda.free(slot.device_in)
             cuda.free(slot.device_out)
             for ptr in slot.pinned:

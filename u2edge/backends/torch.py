@@ -2,18 +2,22 @@
 
 On a CUDA GPU (the default where ``torch.cuda.is_available()``) the model runs in FP16 with
 channels_last memory, and each batch size is captured once into a CUDA graph that replays with
-static input and output buffers; on the CPU it runs in FP32, eagerly.
+static input and output buffers; where the native part is built, ``infer_frames`` pre- and
+post-processes on the GPU too (``u2edge.framepath``). On the CPU it runs in FP32, eagerly.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
-from .._deps import require
-from ..cuda import NoCudaDevice
+from .._deps import available, require
+from ..cuda import Cuda, NoCudaDevice
 from ..errors import U2EdgeError
+from ..framepath import GpuFrames
+from ..native import load as load_native
 from ..processing import Preprocessing
 from .base import Backend
 
@@ -26,7 +30,7 @@ class TorchBackend(Backend):
     requires = "torch"
 
     def __init__(self, path: str | os.PathLike, *, imgsz: int = 320, device: str | None = None,
-                 half: bool | None = None, cuda_graph: bool = True) -> None:
+                 half: bool | None = None, cuda_graph: bool = True, gpu_frames: bool = True) -> None:
         torch = self._torch = require("torch")
         from ..model import from_file
 
@@ -49,6 +53,13 @@ class TorchBackend(Backend):
         self._use_graphs = cuda_graph and self._gpu
         self.preprocessing = Preprocessing(imgsz=imgsz)
         self.batch_size = None
+        self._frames = None
+        # the kernels run on the CUDA runtime's current device, which is torch's default one
+        if gpu_frames and self._gpu and self._device.index in (None, 0):
+            native = load_native()
+            if native is not None and (available("cuda.bindings") or available("cuda.cudart")):
+                self._frames = GpuFrames(Cuda(), native, self.preprocessing, half=self._half)
+        self.gpu_frames = self._frames is not None
 
     def _forward(self, x):
         with self._torch.inference_mode():
@@ -79,23 +90,43 @@ class TorchBackend(Backend):
         if not self._gpu:
             return self._forward(x).numpy()[:, 0]
         x = x.to(self._device, non_blocking=True)
-        x = (x.half() if self._half else x).contiguous(memory_format=torch.channels_last)
-        if self._use_graphs:
-            graph, static_in, static_out = self._graphs.get(x.shape[0]) or self._graph(x.shape[0])
-            static_in.copy_(x)
-            graph.replay()
-            out = static_out
-        else:
-            out = self._forward(x)
-        return out.float().cpu().numpy()[:, 0]
+        return self._run(x.half() if self._half else x).float().cpu().numpy()[:, 0]
+
+    def infer_frames(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> list[np.ndarray]:
+        if self._frames is None:
+            return super().infer_frames(frames, rgb=rgb)
+        torch, size = self._torch, self.preprocessing.imgsz
+        stream = torch.cuda.current_stream(self._device)
+        x = torch.empty((len(frames), 3, size, size), device=self._device,
+                        dtype=torch.float16 if self._half else torch.float32)
+        self._frames.upload(frames, rgb, x.data_ptr(), stream.cuda_stream)
+        pred = self._run(x).float().contiguous()
+        self._frames.download(pred.data_ptr(), stream.cuda_stream)
+        stream.synchronize()
+        return self._frames.masks()
+
+    def _run(self, x):
+        """The model on a batch already on the GPU, in the model's dtype; the output may be a
+        CUDA graph's static buffer, overwritten by the next run."""
+        x = x.contiguous(memory_format=self._torch.channels_last)
+        if not self._use_graphs:
+            return self._forward(x)
+        graph, static_in, static_out = self._graphs.get(x.shape[0]) or self._graph(x.shape[0])
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
 
     def describe(self) -> str:
         where = f"{self._device}, {'fp16' if self._half else 'fp32'}"
         if self._gpu:
             where += f", {self._torch.cuda.get_device_name(self._device)}, channels_last"
             where += ", CUDA graphs" if self._use_graphs else ""
+            where += f", {'GPU' if self.gpu_frames else 'CPU'} pre/post-processing"
         return f"torch {self._torch.__version__} ({self._model.arch}, {where})"
 
     def close(self) -> None:
         self._graphs.clear()
         self._model = None
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
