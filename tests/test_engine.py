@@ -193,3 +193,15 @@ def test_the_gpu_frame_path_matches_the_cpu_one(official_checkpoint, photos):
             assert iou(h, b) > 0.98 and np.abs(h - b).mean() < 0.01, i
         with pytest.raises(ImageError, match="expected an HxWx3 uint8 frame"):
             gpu(frames[0].astype(np.float32))
+
+
+def test_one_engine_shared_by_threads_gives_each_its_own_masks(official_onnx, photos, engine):
+    """OpenVINO (where installed) runs one infer request: without the engine's lock, threads would
+    read each other's outputs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [photos[n] for n in PHOTOS] * 3
+    with U2EdgeEngine(official_onnx) as shared, ThreadPoolExecutor(4) as pool:
+        masks = list(pool.map(shared, frames))
+    for frame, mask in zip(frames, masks):
+        assert np.abs(mask - engine(frame)).max() < 1e-3

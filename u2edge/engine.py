@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +26,8 @@ class U2EdgeEngine:
     installed, else ONNX Runtime; ``.pth``/``.pt`` PyTorch), or ``backend="onnxruntime"`` names one; None means the official
     U2-NetP, fetched once into the user cache. ``engine(frame)`` takes an
     HxWx3 uint8 BGR frame (RGB with ``rgb=True``) and returns a new HxW float32 mask in [0, 1].
+    An engine may be shared between threads: ``lock`` serialises its backend calls (hold it to call
+    ``engine.backend`` directly). For throughput, open one engine per thread instead.
 
         with U2EdgeEngine() as engine:
             mask = engine(cv2.imread("photo.jpg"))
@@ -38,6 +41,7 @@ class U2EdgeEngine:
         self.preprocessing = self.backend.preprocessing
         # a fixed-batch model runs exactly that many frames at once; a dynamic one up to max_batch
         self.max_batch = self.backend.batch_size or min(max_batch, self.backend.max_batch or max_batch)
+        self.lock = threading.Lock()
         log.debug("opened %s with %s", self.path, self.backend.describe())
 
     def __call__(self, frame: np.ndarray, *, rgb: bool = False) -> np.ndarray:
@@ -49,9 +53,12 @@ class U2EdgeEngine:
         for start in range(0, len(frames), self.max_batch):
             chunk = frames[start:start + self.max_batch]
             if self.backend.gpu_frames:  # the frames go up as uint8, the masks come down at frame size
-                masks.extend(self.backend.infer_frames(chunk, rgb=rgb))
+                with self.lock:
+                    masks.extend(self.backend.infer_frames(chunk, rgb=rgb))
                 continue
-            preds = self.backend.infer(self.inputs(chunk, rgb=rgb))
+            inputs = self.inputs(chunk, rgb=rgb)
+            with self.lock:
+                preds = self.backend.infer(inputs)
             masks.extend(postprocess(pred, *frame.shape[:2]) for pred, frame in zip(preds, chunk))
         return masks
 

@@ -203,13 +203,14 @@ class Pipeline:
         stats = self.stats
         t0 = time.perf_counter()
         if self.engine.backend.gpu_frames:  # pre- and post-processing run on the GPU, inside "infer"
-            mask = self.engine.backend.infer_frames([frame.image])[0]
+            mask = self.engine(frame.image)
             stats.add("infer", time.perf_counter() - t0)
             stats.processed += 1
             return mask
         x = self.engine.inputs([frame.image])
         t1 = time.perf_counter()
-        pred = self.engine.backend.infer(x)[0]
+        with self.engine.lock:
+            pred = self.engine.backend.infer(x)[0]
         t2 = time.perf_counter()
         mask = postprocess(pred, *frame.image.shape[:2])
         stats.add("preprocess", t1 - t0)
