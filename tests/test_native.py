@@ -59,6 +59,20 @@ def test_without_a_gpu_a_kernel_call_is_one_clear_error(native):
         pytest.skip("a CUDA device is here: the GPU tests run instead")
 
 
+def test_without_a_gpu_the_frame_path_falls_back_to_the_cpu_with_one_warning(native, caplog):
+    from u2edge.framepath import usable_native
+
+    try:
+        native.postprocess(np.zeros((4, 4), np.float32), 4, 4)
+    except RuntimeError:
+        with caplog.at_level("WARNING", logger="u2edge"):
+            assert usable_native() is None
+        assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+            "pre- and post-processing on the CPU: u2edge._native cannot run here"]
+    else:
+        assert usable_native() is native
+
+
 def _frames(photos) -> dict[str, np.ndarray]:
     frames = {name: photos[name] for name in PHOTOS}
     frames["1080p"] = cv2.resize(photos["astronaut.png"], (1920, 1080), interpolation=cv2.INTER_CUBIC)

@@ -19,15 +19,33 @@ owner guarantees by synchronizing before the next ``upload``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
 
 from .cuda import Cuda
+from .native import load as load_native
 from .processing import Preprocessing, check_frame
 
-__all__ = ["GpuFrames"]
+__all__ = ["GpuFrames", "usable_native"]
+
+log = logging.getLogger("u2edge")
+
+
+def usable_native() -> ModuleType | None:
+    """``u2edge._native`` if it is built and its kernels run here, else None (logged once per
+    engine): a module compiled against a newer CUDA than the driver's fails on its first kernel."""
+    native = load_native()
+    if native is None:
+        return None
+    try:
+        native.postprocess(np.zeros((2, 2), np.float32), 2, 2)
+    except RuntimeError as exc:
+        log.warning("pre- and post-processing on the CPU: u2edge._native cannot run here (%s)", exc)
+        return None
+    return native
 
 
 class _Staging:

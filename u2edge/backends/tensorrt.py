@@ -29,8 +29,8 @@ import numpy as np
 from .. import trtcompat
 from ..cuda import load as load_cuda
 from ..errors import IncompatibleEngineError, ModelFormatError, U2EdgeError
-from ..framepath import GpuFrames
-from ..native import BUILD_COMMAND, load as load_native
+from ..framepath import GpuFrames, usable_native
+from ..native import BUILD_COMMAND
 from ..processing import Preprocessing, check_frame
 from ..sidecar import check_device, check_engine, read_sidecar, rebuild_command
 from .base import Backend
@@ -91,7 +91,7 @@ class TensorRTBackend(Backend):
         self._bind_io(path, trt.io_tensors(engine))
         self.preprocessing = Preprocessing.from_metadata((sidecar or {}).get("preprocessing") or {}, imgsz=self._size)
         self._use_graphs = cuda_graph
-        self._native = load_native() if gpu_frames else None
+        self._native = usable_native() if gpu_frames else None
         self.gpu_frames = self._native is not None
         self._lock = threading.Lock()
         self._next = 0
@@ -162,7 +162,8 @@ class TensorRTBackend(Backend):
         the GPU; ``collect`` then returns their masks."""
         if not self.gpu_frames:
             raise U2EdgeError("this engine pre- and post-processes on the CPU (gpu_frames=False, or u2edge._native "
-                              f"is not built: {BUILD_COMMAND}); use submit() with preprocessed batches")
+                              f"is not built or cannot run here; build: {BUILD_COMMAND}); use submit() with "
+                              "preprocessed batches")
         if not 1 <= len(frames) <= self.max_batch:
             raise U2EdgeError(f"{len(frames)} frames: this engine takes 1 to {self.max_batch} at once")
         for frame in frames:

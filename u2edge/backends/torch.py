@@ -8,6 +8,7 @@ post-processes on the GPU too (``u2edge.framepath``). On the CPU it runs in FP32
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -16,12 +17,13 @@ import numpy as np
 from .._deps import available, require
 from ..cuda import Cuda, NoCudaDevice
 from ..errors import U2EdgeError
-from ..framepath import GpuFrames
-from ..native import load as load_native
+from ..framepath import GpuFrames, usable_native
 from ..processing import Preprocessing
 from .base import Backend
 
 __all__ = ["TorchBackend"]
+
+log = logging.getLogger("u2edge")
 
 
 class TorchBackend(Backend):
@@ -55,10 +57,14 @@ class TorchBackend(Backend):
         self.batch_size = None
         self._frames = None
         # the kernels run on the CUDA runtime's current device, which is torch's default one
-        if gpu_frames and self._gpu and self._device.index in (None, 0):
-            native = load_native()
-            if native is not None and (available("cuda.bindings") or available("cuda.cudart")):
-                self._frames = GpuFrames(Cuda(), native, self.preprocessing, half=self._half)
+        if gpu_frames and self._gpu and self._device.index in (None, 0) and \
+                (available("cuda.bindings") or available("cuda.cudart")):
+            native = usable_native()
+            try:
+                if native is not None:
+                    self._frames = GpuFrames(Cuda(), native, self.preprocessing, half=self._half)
+            except NoCudaDevice as exc:  # cuda-python built for a newer driver than this one
+                log.warning("pre- and post-processing on the CPU: %s", exc)
         self.gpu_frames = self._frames is not None
 
     def _forward(self, x):
