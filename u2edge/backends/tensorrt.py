@@ -31,7 +31,7 @@ from ..cuda import load as load_cuda
 from ..errors import IncompatibleEngineError, ModelFormatError, U2EdgeError
 from ..framepath import GpuFrames, usable_native
 from ..native import BUILD_COMMAND
-from ..processing import Preprocessing, check_frame
+from ..processing import Preprocessing
 from ..sidecar import check_device, check_engine, read_sidecar, rebuild_command
 from .base import Backend
 
@@ -166,9 +166,7 @@ class TensorRTBackend(Backend):
                               "preprocessed batches")
         if not 1 <= len(frames) <= self.max_batch:
             raise U2EdgeError(f"{len(frames)} frames: this engine takes 1 to {self.max_batch} at once")
-        for frame in frames:
-            check_frame(frame)
-        with self._lock:
+        with self._lock:  # GpuFrames.upload checks every frame before it enqueues anything
             ticket, slot = self._take(len(frames))
             slot.frames.upload(frames, rgb, slot.device_in, slot.stream)
             self._execute(slot, self.batch_size or len(frames))
