@@ -204,6 +204,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, photo_paths, sig, rc, message
 
     proc = subprocess.Popen([sys.executable, "-m", "u2edge", "image", str(src), "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+
     def finished_files():  # a hidden temp file is a write in progress, which a signal rightly discards
         return [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
 

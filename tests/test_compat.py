@@ -15,7 +15,8 @@ def test_code_runs_on_python_3_8():
     if importlib.util.find_spec("vermin") is None:
         pytest.skip("vermin is not installed: pip install -e '.[dev]'")
     cmd = [sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())", "--no-tips",
-           "--no-eval-annotations", "--violations", "-t=3.8-", str(ROOT / "u2edge"), str(ROOT / "export"), str(ROOT / "setup.py")]
+           "--no-eval-annotations", "--violations", "-t=3.8-",
+           *(str(ROOT / name) for name in ("u2edge", "export", "setup.py"))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
