@@ -2,7 +2,8 @@
 //
 // The *_device functions take device pointers and a stream as ints (what u2edge.cuda hands out)
 // and only enqueue work; the plain functions take and return numpy arrays, for the tests and for
-// callers without device buffers of their own.
+// callers without device buffers of their own. The submodule `cpu` has the same plain functions,
+// running the kernels' per-element code on the CPU.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -60,76 +61,107 @@ void need_frame(const py::buffer_info& info, const char* name) {
         throw std::invalid_argument(std::string(name) + " must be an HxWx3 uint8 array");
 }
 
-py::array_t<float> preprocess_host(U8 frame, int size, std::array<float, 3> mean, std::array<float, 3> std,
-                                   bool max_normalize, bool swap_rb) {
+// The numpy conveniences: on the GPU (copy up, run the kernels, copy down), or with OnGpu false
+// on the CPU, where the kernels' per-element code runs in a loop (tests without a GPU).
+template <bool OnGpu>
+py::array preprocess_numpy(U8 frame, int size, std::array<float, 3> mean, std::array<float, 3> std,
+                           bool max_normalize, bool swap_rb, bool half_output) {
     auto info = frame.request();
     need_frame(info, "frame");
     int h = static_cast<int>(info.shape[0]), w = static_cast<int>(info.shape[1]);
-    Device src(info.size), out(3L * size * size * sizeof(float)), scratch(3L * size * size + 8);
-    check(cudaMemcpy(src.p, info.ptr, info.size, cudaMemcpyHostToDevice), "upload");
-    check(u2edge::preprocess(static_cast<uint8_t*>(src.p), h, w, w * 3, size, make_norm(mean, std, max_normalize,
-                                                                                          swap_rb),
-                             out.p, false, static_cast<uint8_t*>(scratch.p), nullptr),
-          "preprocess");
-    py::array_t<float> result({3, size, size});
-    check(cudaMemcpy(result.mutable_data(), out.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    auto norm = make_norm(mean, std, max_normalize, swap_rb);
+    py::array result(py::dtype(half_output ? "float16" : "float32"), {3, size, size});
+    if constexpr (OnGpu) {
+        Device src(info.size), out(result.nbytes()), scratch(3L * size * size + 8);
+        check(cudaMemcpy(src.p, info.ptr, info.size, cudaMemcpyHostToDevice), "upload");
+        check(u2edge::preprocess(static_cast<uint8_t*>(src.p), h, w, w * 3, size, norm, out.p, half_output,
+                                 static_cast<uint8_t*>(scratch.p), nullptr),
+              "preprocess");
+        check(cudaMemcpy(result.mutable_data(), out.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    } else {
+        u2edge::host::preprocess(static_cast<const uint8_t*>(info.ptr), h, w, w * 3, size, norm,
+                                 result.mutable_data(), half_output);
+    }
     return result;
 }
 
-py::array_t<float> postprocess_host(F32 pred, int height, int width) {
+template <bool OnGpu>
+py::array_t<float> postprocess_numpy(F32 pred, int height, int width) {
     auto info = pred.request();
     if (info.ndim != 2 || info.shape[0] != info.shape[1]) throw std::invalid_argument("pred must be an SxS array");
+    if (height < 1 || width < 1) throw std::invalid_argument("height and width must be positive");
     int size = static_cast<int>(info.shape[0]);
-    Device src(info.size * sizeof(float)), mask(static_cast<size_t>(height) * width * sizeof(float)), scratch(8);
-    check(cudaMemcpy(src.p, info.ptr, info.size * sizeof(float), cudaMemcpyHostToDevice), "upload");
-    check(u2edge::postprocess(static_cast<float*>(src.p), size, static_cast<float*>(mask.p), height, width, scratch.p,
-                              nullptr),
-          "postprocess");
     py::array_t<float> result({height, width});
-    check(cudaMemcpy(result.mutable_data(), mask.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    if constexpr (OnGpu) {
+        Device src(info.size * sizeof(float)), mask(result.nbytes()), scratch(8);
+        check(cudaMemcpy(src.p, info.ptr, info.size * sizeof(float), cudaMemcpyHostToDevice), "upload");
+        check(u2edge::postprocess(static_cast<float*>(src.p), size, static_cast<float*>(mask.p), height, width,
+                                  scratch.p, nullptr),
+              "postprocess");
+        check(cudaMemcpy(result.mutable_data(), mask.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    } else {
+        u2edge::host::postprocess(static_cast<const float*>(info.ptr), size, result.mutable_data(), height, width);
+    }
     return result;
 }
 
-py::array_t<uint8_t> composite_host(U8 frame, F32 mask, int mode, std::array<int, 3> color, py::object background,
-                                    int blur) {
+template <bool OnGpu>
+py::array_t<uint8_t> composite_numpy(U8 frame, F32 mask, int mode, std::array<int, 3> color, py::object background,
+                                     int blur) {
     auto f = frame.request(), m = mask.request();
     need_frame(f, "frame");
     int h = static_cast<int>(f.shape[0]), w = static_cast<int>(f.shape[1]);
     if (m.ndim != 2 || m.shape[0] != h || m.shape[1] != w) throw std::invalid_argument("mask must be HxW like frame");
+    if (mode < 0 || mode > static_cast<int>(Composite::Blur)) throw std::invalid_argument("mode must be 0..3");
     auto kind = static_cast<Composite>(mode);
-    int channels = kind == Composite::Cutout ? 4 : 3;
-    Device src(f.size), msk(m.size * sizeof(float)), out(static_cast<size_t>(h) * w * channels),
-        scratch(kind == Composite::Blur ? 6L * h * w : 1), back(kind == Composite::Image ? f.size : 1);
-    check(cudaMemcpy(src.p, f.ptr, f.size, cudaMemcpyHostToDevice), "upload");
-    check(cudaMemcpy(msk.p, m.ptr, m.size * sizeof(float), cudaMemcpyHostToDevice), "upload");
+    U8 back;
     if (kind == Composite::Image) {
-        auto b = U8::ensure(background);
-        if (!b || b.ndim() != 3 || b.shape(0) != h || b.shape(1) != w || b.shape(2) != 3)
+        back = U8::ensure(background);
+        if (!back || back.ndim() != 3 || back.shape(0) != h || back.shape(1) != w || back.shape(2) != 3)
             throw std::invalid_argument("background must be an HxWx3 uint8 array the frame's size");
-        check(cudaMemcpy(back.p, b.data(), f.size, cudaMemcpyHostToDevice), "upload");
     }
     Bgr bgr{{static_cast<uint8_t>(color[0]), static_cast<uint8_t>(color[1]), static_cast<uint8_t>(color[2])}};
-    check(u2edge::composite(static_cast<uint8_t*>(src.p), static_cast<float*>(msk.p), h, w, kind, bgr,
-                            static_cast<uint8_t*>(back.p), blur, static_cast<uint8_t*>(scratch.p),
-                            static_cast<uint8_t*>(out.p), nullptr),
-          "composite");
-    py::array_t<uint8_t> result({h, w, channels});
-    check(cudaMemcpy(result.mutable_data(), out.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    py::array_t<uint8_t> result({h, w, kind == Composite::Cutout ? 4 : 3});
+    if constexpr (OnGpu) {
+        Device src(f.size), msk(m.size * sizeof(float)), out(result.nbytes()),
+            scratch(kind == Composite::Blur ? 6L * h * w : 1), dev_back(kind == Composite::Image ? f.size : 1);
+        check(cudaMemcpy(src.p, f.ptr, f.size, cudaMemcpyHostToDevice), "upload");
+        check(cudaMemcpy(msk.p, m.ptr, m.size * sizeof(float), cudaMemcpyHostToDevice), "upload");
+        if (kind == Composite::Image)
+            check(cudaMemcpy(dev_back.p, back.data(), f.size, cudaMemcpyHostToDevice), "upload");
+        check(u2edge::composite(static_cast<uint8_t*>(src.p), static_cast<float*>(msk.p), h, w, kind, bgr,
+                                static_cast<uint8_t*>(dev_back.p), blur, static_cast<uint8_t*>(scratch.p),
+                                static_cast<uint8_t*>(out.p), nullptr),
+              "composite");
+        check(cudaMemcpy(result.mutable_data(), out.p, result.nbytes(), cudaMemcpyDeviceToHost), "download");
+    } else {
+        u2edge::host::composite(static_cast<const uint8_t*>(f.ptr), static_cast<const float*>(m.ptr), h, w, kind, bgr,
+                                kind == Composite::Image ? back.data() : nullptr, blur, result.mutable_data());
+    }
     return result;
+}
+
+// The numpy conveniences of one side (the module's own: GPU; its `cpu` submodule: CPU).
+template <bool OnGpu>
+void def_numpy(py::module_& m, const char* where) {
+    m.def("preprocess", &preprocess_numpy<OnGpu>, py::arg("frame"), py::arg("size"), py::arg("mean"),
+          py::arg("std"), py::arg("max_normalize") = true, py::arg("swap_rb") = true, py::arg("half") = false,
+          (std::string("HxWx3 uint8 frame -> 3xSxS float32 (or float16) network input, ") + where).c_str());
+    m.def("postprocess", &postprocess_numpy<OnGpu>, py::arg("pred"), py::arg("height"), py::arg("width"),
+          (std::string("SxS fused map -> HxW mask in [0, 1], ") + where).c_str());
+    m.def("composite", &composite_numpy<OnGpu>, py::arg("frame"), py::arg("mask"), py::arg("mode"),
+          py::arg("color") = std::array<int, 3>{0, 0, 0}, py::arg("background") = py::none(), py::arg("blur") = 0,
+          (std::string("frame + mask -> cutout (mode 0, BGRA), color (1), image (2) or blur (3) composite, ") + where)
+              .c_str());
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "u2edge's CUDA pre/post-processing kernels";
-    m.def("preprocess", &preprocess_host, py::arg("frame"), py::arg("size"), py::arg("mean"), py::arg("std"),
-          py::arg("max_normalize") = true, py::arg("swap_rb") = true,
-          "HxWx3 uint8 frame -> 3xSxS float32 network input, on the GPU");
-    m.def("postprocess", &postprocess_host, py::arg("pred"), py::arg("height"), py::arg("width"),
-          "SxS fused map -> HxW mask in [0, 1], on the GPU");
-    m.def("composite", &composite_host, py::arg("frame"), py::arg("mask"), py::arg("mode"),
-          py::arg("color") = std::array<int, 3>{0, 0, 0}, py::arg("background") = py::none(), py::arg("blur") = 0,
-          "frame + mask -> cutout (mode 0, BGRA), color (1), image (2) or blur (3) composite, on the GPU");
+    def_numpy<true>(m, "on the GPU");
+    auto cpu = m.def_submodule("cpu", "the kernels' per-element code run on the CPU, for tests without a GPU");
+    def_numpy<false>(cpu, "the kernels' arithmetic on the CPU");
     m.def(
         "preprocess_device",
         [](std::uintptr_t frame, int height, int width, int pitch, int size, std::array<float, 3> mean,

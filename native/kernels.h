@@ -41,4 +41,15 @@ struct Bgr {
 cudaError_t composite(const uint8_t* frame, const float* mask, int height, int width, Composite mode, Bgr color,
                       const uint8_t* background, int blur, uint8_t* scratch, uint8_t* out, cudaStream_t stream);
 
+// The same per-element code on the CPU, one element after another, on host pointers: for tests on
+// machines without a CUDA device (the arithmetic is the kernels' own; only the launch differs).
+namespace host {
+
+void preprocess(const uint8_t* frame, int height, int width, int pitch, int size, const Normalization& norm,
+                void* out, bool half_output);
+void postprocess(const float* pred, int size, float* mask, int height, int width);
+void composite(const uint8_t* frame, const float* mask, int height, int width, Composite mode, Bgr color,
+               const uint8_t* background, int blur, uint8_t* out);
+
+}  // namespace host
 }  // namespace u2edge

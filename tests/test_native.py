@@ -1,6 +1,7 @@
 """The native part: pip install builds the CUDA kernels and their Python module with nvcc
-(setup.py runs CMakeLists.txt; CI compiles it); on a CUDA GPU the kernels are held to the CPU
-reference on real photos."""
+(setup.py runs CMakeLists.txt; CI compiles it). The kernels are held to the CPU reference on real
+photos twice: their per-element code run on the CPU (``u2edge._native.cpu``, everywhere the
+module is built, so CI checks the arithmetic), and the kernels themselves on a CUDA GPU."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def native():
 
 def test_pip_install_compiled_it_for_jetson_and_desktop_gpus(native):
     assert {"preprocess", "postprocess", "composite", "preprocess_device", "postprocess_device"} <= set(dir(native))
+    assert {"preprocess", "postprocess", "composite"} <= set(dir(native.cpu))
     if os.environ.get("U2EDGE_CUDA_ARCHITECTURES") is None:  # the default list: Orin, Ampere to Blackwell
         assert {"75", "80", "86", "87", "89", "90"} <= set(native.CUDA_ARCHITECTURES.split())
     assert (native.CUTOUT, native.COLOR, native.IMAGE, native.BLUR) == (0, 1, 2, 3)
@@ -48,6 +50,15 @@ def _gpu_or_skip(native) -> None:
         native.postprocess(np.zeros((4, 4), np.float32), 4, 4)
     except RuntimeError as exc:
         pytest.skip(f"running the kernels needs a CUDA GPU: {exc}")
+
+
+@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def kernels(request, native):
+    """The kernels' numpy entry points: their per-element code on the CPU, or the kernels on a GPU."""
+    if request.param == "cpu":
+        return native.cpu
+    _gpu_or_skip(native)
+    return native
 
 
 def test_without_a_gpu_a_kernel_call_is_one_clear_error(native):
@@ -74,40 +85,87 @@ def test_without_a_gpu_the_frame_path_falls_back_to_the_cpu_with_one_warning(nat
 
 
 def _frames(photos) -> dict[str, np.ndarray]:
+    """The photos, and frames made from them for each of cv2.resize's paths: INTER_AREA with
+    fractional and whole-number scales (2x2 has its own rounding), INTER_LINEAR growing and
+    shrinking, and degenerate sizes."""
     frames = {name: photos[name] for name in PHOTOS}
-    frames["1080p"] = cv2.resize(photos["astronaut.png"], (1920, 1080), interpolation=cv2.INTER_CUBIC)
-    frames["small"] = photos["chelsea.png"][:200, :250]  # smaller than 320: the INTER_LINEAR path
+    astronaut, chelsea = photos["astronaut.png"], photos["chelsea.png"]
+    frames["1080p"] = cv2.resize(astronaut, (1920, 1080), interpolation=cv2.INTER_CUBIC)
+    frames["640x640 (2x2 cells)"] = cv2.resize(astronaut, (640, 640), interpolation=cv2.INTER_CUBIC)
+    frames["1280x960 (4x3 cells)"] = cv2.resize(astronaut, (1280, 960), interpolation=cv2.INTER_CUBIC)
+    frames["small"] = chelsea[:200, :250]  # smaller than 320: the INTER_LINEAR path
+    frames["tall and thin"] = photos["coffee.png"][:, :100]
+    frames["one row"] = chelsea[150:151]
+    frames["one pixel"] = chelsea[150:151, 200:201]
     return frames
 
 
-@pytest.mark.gpu
-def test_preprocess_matches_the_cpu_reference(native, photos):
-    _gpu_or_skip(native)
+def test_preprocess_matches_the_cpu_reference(kernels, photos):
     spec = Preprocessing()
     for name, frame in _frames(photos).items():
-        gpu = native.preprocess(frame, spec.imgsz, spec.mean, spec.std, True, True)
+        out = kernels.preprocess(frame, spec.imgsz, spec.mean, spec.std, True, True)
         cpu = preprocess(frame, spec)
         # on the 0..1 pixel scale (before mean/std), within one 8-bit level
-        err = np.abs(gpu - cpu) * np.asarray(spec.std, np.float32)[:, None, None]
+        err = np.abs(out - cpu) * np.asarray(spec.std, np.float32)[:, None, None]
         assert err.max() <= 1 / 255 + 1e-5, (name, err.max())
+        half = kernels.preprocess(frame, spec.imgsz, spec.mean, spec.std, True, True, half=True)
+        assert half.dtype == np.float16
+        assert np.abs(half.astype(np.float32) - cpu).max() <= 0.01, name  # FP16 rounding of values up to 2.7
+        if _on_cpu(kernels):  # the same operations as cv2.resize and numpy, in the same order
+            assert np.array_equal(out, cpu), name
+            assert np.array_equal(half, cpu.astype(np.float16)), name
 
 
-@pytest.mark.gpu
-def test_postprocess_and_composites_match_the_cpu_reference(native, photos, engine):
-    _gpu_or_skip(native)
+def _on_cpu(kernels) -> bool:
+    return kernels.__name__.endswith(".cpu")
+
+
+def test_preprocess_keeps_the_channel_order_and_the_spec(kernels, photos):
+    frame = photos["rocket.jpg"]
+    spec = Preprocessing(imgsz=288, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), max_normalize=False)
+    rgb = np.ascontiguousarray(frame[:, :, ::-1])
+    out = kernels.preprocess(rgb, 288, spec.mean, spec.std, False, False)  # an RGB frame, no swap
+    assert out.shape == (3, 288, 288)
+    assert np.abs(out - preprocess(rgb, spec, rgb=True)).max() <= 2 / 255 + 1e-5
+    assert np.abs(out - preprocess(frame, spec)).max() <= 2 / 255 + 1e-5  # the BGR frame, swapped on the CPU
+
+
+def test_postprocess_and_composites_match_the_cpu_reference(kernels, native, photos, engine):
     for name, frame in _frames(photos).items():
         x = preprocess(frame, engine.preprocessing)[None]
         pred = engine.backend.infer(x)[0]
         h, w = frame.shape[:2]
-        mask = native.postprocess(pred, h, w)
+        mask = kernels.postprocess(pred, h, w)
         assert np.abs(mask - postprocess(pred, h, w)).max() <= 1 / 255, name
-        cutout = native.composite(frame, mask, native.CUTOUT)
-        assert np.abs(cutout.astype(int) - render(frame, mask, "cutout")).max() <= 1, name
-        green = native.composite(frame, mask, native.COLOR, color=(0, 255, 0))
-        assert np.abs(green.astype(int) - render(frame, mask, "background", Background(color=(0, 255, 0)))).max() <= 1
+        if h * w < 4:
+            continue
+        cutout = kernels.composite(frame, mask, native.CUTOUT)
+        green = kernels.composite(frame, mask, native.COLOR, color=(0, 255, 0))
         back = cv2.resize(photos["coffee.png"], (w, h))
-        over = native.composite(frame, mask, native.IMAGE, background=back)
-        assert np.abs(over.astype(int) - render(frame, mask, "background", Background(image=back))).max() <= 1
-        blurred = native.composite(frame, mask, native.BLUR, blur=31)
-        reference = render(frame, mask, "background", Background(blur=31))
-        assert np.abs(blurred.astype(int) - reference).mean() < 1.0, name  # float Gaussian vs OpenCV's fixed point
+        over = kernels.composite(frame, mask, native.IMAGE, background=back)
+        tolerance = 0 if _on_cpu(kernels) else 1
+        assert np.abs(cutout.astype(int) - render(frame, mask, "cutout")).max() <= tolerance, name
+        assert np.abs(green.astype(int) - render(frame, mask, "background",
+                                                   Background(color=(0, 255, 0)))).max() <= tolerance, name
+        assert np.abs(over.astype(int) - render(frame, mask, "background",
+                                                  Background(image=back))).max() <= tolerance, name
+    frame = _frames(photos)["1080p"]
+    mask = kernels.postprocess(engine.backend.infer(preprocess(frame, engine.preprocessing)[None])[0], 1080, 1920)
+    for size in (5, 31):  # OpenCV's fixed 5-tap kernel, and a computed one
+        blurred = kernels.composite(frame, mask, native.BLUR, blur=size)
+        diff = np.abs(blurred.astype(int) - render(frame, mask, "background", Background(blur=size)))
+        assert diff.max() <= 1 and diff.mean() < 0.1, (size, diff.max(), diff.mean())  # float vs OpenCV's fixed point
+
+
+def test_bad_arrays_are_refused_with_a_message(kernels):
+    frame = np.zeros((10, 10, 3), np.uint8)
+    with pytest.raises(ValueError, match="HxWx3"):
+        kernels.preprocess(np.zeros((10, 10), np.uint8), 320, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="SxS"):
+        kernels.postprocess(np.zeros((4, 5), np.float32), 8, 8)
+    with pytest.raises(ValueError, match="mask must be HxW"):
+        kernels.composite(frame, np.zeros((9, 10), np.float32), 0)
+    with pytest.raises(ValueError, match="background must be"):
+        kernels.composite(frame, np.zeros((10, 10), np.float32), 2, background=np.zeros((5, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="mode must be"):
+        kernels.composite(frame, np.zeros((10, 10), np.float32), 7)
