@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from u2edge import cuda
-from u2edge.errors import MissingDependencyError
+from u2edge.errors import MissingDependencyError, U2EdgeError
 
 
 def gpu_or_skip() -> cuda.Cuda:
@@ -28,6 +28,36 @@ def test_no_device_is_one_line_naming_the_fallback():
     else:
         pytest.skip("a CUDA device is here")
 
+
+
+def test_without_a_driver_each_call_reaches_the_runtime_and_fails_in_one_line():
+    """The layer's calls match the installed cuda-python's API: each reaches the CUDA runtime (a
+    wrong argument would raise TypeError first) and its failure is one U2EdgeError line."""
+    runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python 12.6 or newer")
+    if int(runtime.cudaGetDeviceCount()[0]) == 0:
+        pytest.skip("a CUDA device is here: the GPU tests make these calls for real")
+    layer = cuda.Cuda.__new__(cuda.Cuda)  # past the device check, which this machine fails
+    layer.rt = runtime
+    host = np.zeros(16, np.float32)
+    calls = {
+        "allocating 64 bytes": lambda: layer.malloc(64),
+        "allocating 64 pinned bytes": lambda: layer.pinned((16,)),
+        "creating a stream": layer.stream,
+        "copying to the GPU": lambda: layer.to_device(0, host, 0),
+        "copying from the GPU": lambda: layer.to_host(host, 0, 0),
+        "running on the GPU": lambda: layer.synchronize(0),
+        "starting a CUDA graph capture": lambda: layer.capture(0, lambda: None),
+        "launching a CUDA graph": lambda: layer.launch(runtime.cudaGraphExec_t(), 0),
+    }
+    for what, call in calls.items():
+        with pytest.raises(U2EdgeError) as caught:
+            call()
+        assert str(caught.value).startswith(f"CUDA failed {what}: cudaError"), str(caught.value)
+        assert "\n" not in str(caught.value)
+    # releasing never raises: close() runs it on the way out of errors
+    for release in (layer.free, layer.free_pinned, layer.destroy_stream):
+        release(0)
+    layer.destroy_graph(runtime.cudaGraphExec_t())
 
 @pytest.mark.gpu
 def test_round_trip_through_pinned_and_device_memory(photos):
