@@ -182,6 +182,24 @@ PYBIND11_MODULE(_native, m) {
                   "postprocess");
         },
         "enqueue postprocessing on device buffers (scratch: 8 bytes)");
+    // the same two on host memory, so code written for device buffers (u2edge.framepath) can be
+    // tested on the CPU; scratch and stream are ignored
+    cpu.def(
+        "preprocess_device",
+        [](std::uintptr_t frame, int height, int width, int pitch, int size, std::array<float, 3> mean,
+           std::array<float, 3> std, bool max_normalize, bool swap_rb, std::uintptr_t out, bool half_output,
+           std::uintptr_t /*scratch*/, std::uintptr_t /*stream*/) {
+            u2edge::host::preprocess(ptr<const uint8_t>(frame), height, width, pitch, size,
+                                     make_norm(mean, std, max_normalize, swap_rb), ptr<void>(out), half_output);
+        },
+        "preprocessing on host pointers, as preprocess_device does on device ones");
+    cpu.def(
+        "postprocess_device",
+        [](std::uintptr_t pred, int size, std::uintptr_t mask, int height, int width, std::uintptr_t /*scratch*/,
+           std::uintptr_t /*stream*/) {
+            u2edge::host::postprocess(ptr<const float>(pred), size, ptr<float>(mask), height, width);
+        },
+        "postprocessing on host pointers, as postprocess_device does on device ones");
 #ifdef U2EDGE_CUDA_ARCHITECTURES
     m.attr("CUDA_ARCHITECTURES") = U2EDGE_CUDA_ARCHITECTURES;  // what CMake compiled the kernels for
 #endif

@@ -5,6 +5,7 @@ module is built, so CI checks the arithmetic), and the kernels themselves on a C
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 
@@ -169,3 +170,78 @@ def test_bad_arrays_are_refused_with_a_message(kernels):
         kernels.composite(frame, np.zeros((10, 10), np.float32), 2, background=np.zeros((5, 5, 3), np.uint8))
     with pytest.raises(ValueError, match="mode must be"):
         kernels.composite(frame, np.zeros((10, 10), np.float32), 7)
+
+
+class HostMemory:
+    """The CUDA layer's memory calls on host memory: "device" buffers are numpy arrays, copies are
+    memmoves, and a stream's work is done as it is enqueued. With ``u2edge._native.cpu`` it runs
+    GpuFrames' staging, offsets and batching on the CPU; every copy is bounds-checked."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[int, np.ndarray] = {}
+
+    def _keep(self, array: np.ndarray) -> int:
+        self.buffers[array.ctypes.data] = array
+        return array.ctypes.data
+
+    def _check(self, ptr: int, nbytes: int) -> None:
+        assert any(start <= ptr and ptr + nbytes <= start + b.nbytes for start, b in self.buffers.items()), \
+            f"{nbytes} bytes at {ptr:#x} overrun every buffer"
+
+    def malloc(self, nbytes: int) -> int:
+        return self._keep(np.empty(nbytes, np.uint8))
+
+    def free(self, ptr: int) -> None:
+        del self.buffers[ptr]  # a double free, or a pointer never allocated, fails here
+
+    def pinned(self, shape, dtype=np.float32) -> tuple[np.ndarray, int]:
+        array = np.empty(shape, dtype)
+        return array, self._keep(array)
+
+    free_pinned = free
+
+    def handle(self, stream) -> int:
+        return 0
+
+    def to_device(self, dst: int, src: np.ndarray, stream) -> None:
+        self._check(dst, src.nbytes)
+        ctypes.memmove(dst, src.ctypes.data, src.nbytes)
+
+    def to_host(self, dst: np.ndarray, src: int, stream) -> None:
+        self._check(src, dst.nbytes)
+        ctypes.memmove(dst.ctypes.data, src, dst.nbytes)
+
+
+def test_the_frame_path_gives_the_cpu_paths_masks(native, photos, engine):
+    """GpuFrames, as the TensorRT and PyTorch CUDA backends drive it, on host memory with the
+    kernels' arithmetic: mixed-size batches, a batch larger than the last (the staging grows),
+    RGB frames, and FP16 network inputs."""
+    from u2edge.framepath import GpuFrames
+
+    frames = _frames(photos)
+    batches = [[frames["astronaut.png"], frames["1080p"], frames["small"]],
+               [frames[name] for name in ("chelsea.png", "coffee.png", "rocket.jpg", "one row", "tall and thin")]]
+    expected = {id(f): engine(f) for batch in batches for f in batch}
+    size = engine.preprocessing.imgsz
+    memory = HostMemory()
+    for half in (False, True):
+        path = GpuFrames(memory, native.cpu, engine.preprocessing, half=half)
+        for rgb in (False, True):
+            for batch in batches:
+                n = len(batch)
+                network_in = np.full((n + 1, 3, size, size), 7, np.float16 if half else np.float32)
+                path.upload([f[:, :, ::-1].copy() if rgb else f for f in batch], rgb, network_in.ctypes.data, 0)
+                assert (network_in[n] == 7).all()  # nothing written past the batch
+                # the official model takes one image at a time
+                network_out = np.stack([engine.backend.infer(x[None].astype(np.float32)) for x in network_in[:n]])
+                path.download(network_out.ctypes.data, 0)
+                masks = path.masks()
+                for frame, mask in zip(batch, masks):
+                    assert mask.shape == frame.shape[:2]
+                    err = np.abs(mask - expected[id(frame)])
+                    if half:  # the FP16 input rounds values up to 2.7 by up to 1e-3
+                        assert err.mean() < 2e-3 and err.max() < 0.1, (err.mean(), err.max())
+                    else:
+                        assert err.max() < 1e-4, err.max()
+        path.close()
+    assert memory.buffers == {}  # close() freed every staging buffer
