@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -93,5 +94,14 @@ class BuildNative(build_ext):
         shutil.copyfile(built, target)
 
 
+def license_metadata() -> dict:
+    """Apache-2.0 as an SPDX expression where setuptools takes one (77 and newer, on Python >= 3.9);
+    older ones, which Python 3.8 (JetPack 5) gets, take the License field. The pyproject.toml table
+    form fails builds from 2027-02-18 on."""
+    major = int(setuptools.__version__.split(".")[0])
+    return {"license_expression": "Apache-2.0"} if major >= 77 else {"license": "Apache-2.0"}
+
+
 # optional: setuptools copies it into the source tree (pip install -e) only where it was built
-setup(ext_modules=[Extension("u2edge._native", sources=[], optional=True)], cmdclass={"build_ext": BuildNative})
+setup(ext_modules=[Extension("u2edge._native", sources=[], optional=True)], cmdclass={"build_ext": BuildNative},
+      **license_metadata())
