@@ -69,6 +69,8 @@ int main(int argc, char** argv) {
     if (dims.nbDims != 4 || dims.d[1] != 3 || dims.d[2] != dims.d[3])
         return fail(engine_path + " is not a U-2-Net engine (expected one N x 3 x S x S input)");
     const int size = static_cast<int>(dims.d[2]);
+    // a fixed-batch engine reads and writes all its items: the image is item 0, the rest are ignored
+    const size_t batch = dims.d[0] > 0 ? static_cast<size_t>(dims.d[0]) : 1;
     std::unique_ptr<nvinfer1::IExecutionContext> context(engine->createExecutionContext());
     if (!context) return fail("out of GPU memory creating the execution context");
     if (dims.d[0] == -1) context->setInputShape(input.c_str(), nvinfer1::Dims4{1, 3, size, size});
@@ -76,8 +78,8 @@ int main(int argc, char** argv) {
     const int h = frame.rows, w = frame.cols;
     void *d_frame, *d_input, *d_pred, *d_mask, *d_out, *d_scratch;
     CUDA_OK(cudaMalloc(&d_frame, frame.total() * 3));
-    CUDA_OK(cudaMalloc(&d_input, 3UL * size * size * sizeof(float)));
-    CUDA_OK(cudaMalloc(&d_pred, 1UL * size * size * sizeof(float)));
+    CUDA_OK(cudaMalloc(&d_input, batch * 3 * size * size * sizeof(float)));
+    CUDA_OK(cudaMalloc(&d_pred, batch * size * size * sizeof(float)));
     CUDA_OK(cudaMalloc(&d_mask, static_cast<size_t>(h) * w * sizeof(float)));
     CUDA_OK(cudaMalloc(&d_out, static_cast<size_t>(h) * w * 4));
     CUDA_OK(cudaMalloc(&d_scratch, 3UL * size * size + 8));
