@@ -60,10 +60,15 @@ int main(int argc, char** argv) {
     if (!engine)
         return fail(engine_path + " does not load with this TensorRT or GPU; rebuild it here with u2edge build");
     std::string input, output;
+    std::vector<std::string> outputs;
     for (int i = 0; i < engine->getNbIOTensors(); ++i) {
         const char* name = engine->getIOTensorName(i);
-        if (engine->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT) input = name;
-        else if (output.empty() || std::string(name) == "mask") output = name;
+        if (engine->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT) {
+            input = name;
+        } else {
+            outputs.push_back(name);
+            if (output.empty() || outputs.back() == "mask") output = name;
+        }
     }
     nvinfer1::Dims dims = engine->getTensorShape(input.c_str());
     if (dims.nbDims != 4 || dims.d[1] != 3 || dims.d[2] != dims.d[3])
@@ -94,6 +99,17 @@ int main(int argc, char** argv) {
                                static_cast<uint8_t*>(d_scratch), stream));
     context->setTensorAddress(input.c_str(), d_input);
     context->setTensorAddress(output.c_str(), d_pred);
+    // TensorRT runs only with every output bound: the side maps of a 7-output engine go to scratch
+    std::vector<void*> side;
+    for (const std::string& name : outputs) {
+        if (name == output) continue;
+        nvinfer1::Dims shape = engine->getTensorShape(name.c_str());
+        size_t bytes = 4;  // up to 4 bytes an element
+        for (int d = 0; d < shape.nbDims; ++d) bytes *= shape.d[d] > 0 ? static_cast<size_t>(shape.d[d]) : batch;
+        side.push_back(nullptr);
+        CUDA_OK(cudaMalloc(&side.back(), bytes));
+        context->setTensorAddress(name.c_str(), side.back());
+    }
     if (!context->enqueueV3(stream)) return fail("TensorRT failed to run the engine");
     CUDA_OK(u2edge::postprocess(static_cast<float*>(d_pred), size, static_cast<float*>(d_mask), h, w, d_scratch,
                                 stream));
@@ -113,6 +129,7 @@ int main(int argc, char** argv) {
     }
     CUDA_OK(cudaStreamSynchronize(stream));
     for (void* p : {d_frame, d_input, d_pred, d_mask, d_out, d_scratch}) cudaFree(p);
+    for (void* p : side) cudaFree(p);
     cudaStreamDestroy(stream);
 
     // complete or absent: write beside the target, then rename

@@ -51,6 +51,7 @@ class _Slot:
     host_in: np.ndarray
     host_out: np.ndarray
     pinned: list[int]
+    side: list[int]  # device buffers for the outputs u2edge does not read (d1..d6 in some engines)
     frames: GpuFrames | None  # the GPU frame path, where the native part is built
     graphs: dict[int, object] = field(default_factory=dict)  # batch size -> instantiated CUDA graph
     runs: dict[int, int] = field(default_factory=dict)  # batch size -> plain runs so far
@@ -126,6 +127,10 @@ class TensorRTBackend(Backend):
             self.max_batch = inputs[0]["profile"][2][0]
         else:
             self.batch_size = self.max_batch = shape[0]
+        # TensorRT runs only with every output bound: an engine from the official 7-output ONNX
+        # (trtexec) writes its side maps too, into buffers of up to 4 bytes an element
+        self._side = [(t["name"], 4 * int(np.prod([self.max_batch if d == -1 else d for d in t["shape"]])))
+                      for t in outputs if t is not out]
 
     def _new_slot(self) -> _Slot:
         cuda, size, n = self._cuda, self._size, self.max_batch
@@ -136,9 +141,12 @@ class TensorRTBackend(Backend):
         host_out, pin_out = cuda.pinned((n, size, size))
         frames = GpuFrames(cuda, self._native, self.preprocessing) if self._native is not None else None
         slot = _Slot(context, cuda.stream(), cuda.malloc(host_in.nbytes), cuda.malloc(host_out.nbytes),
-                     host_in, host_out, [pin_in, pin_out], frames)
+                     host_in, host_out, [pin_in, pin_out], [], frames)
         context.set_tensor_address(self._input, slot.device_in)
         context.set_tensor_address(self._output, slot.device_out)
+        for name, nbytes in self._side:
+            slot.side.append(cuda.malloc(nbytes))
+            context.set_tensor_address(name, slot.side[-1])
         return slot
 
     # --- running -------------------------------------------------------------------------------
@@ -238,8 +246,8 @@ class TensorRTBackend(Backend):
             cuda.synchronize(slot.stream)
             if slot.frames is not None:
                 slot.frames.close()
-            cuda.free(slot.device_in)
-            cuda.free(slot.device_out)
+            for ptr in (slot.device_in, slot.device_out, *slot.side):
+                cuda.free(ptr)
             for ptr in slot.pinned:
                 cuda.free_pinned(ptr)
             cuda.destroy_stream(slot.stream)
