@@ -4,6 +4,7 @@ with the official weights, and exports of it."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import subprocess
 import sys
@@ -40,6 +41,73 @@ def small_disk(folder: Path, size: str):
         yield folder
     finally:
         subprocess.run(["umount", str(folder)])
+
+
+class HostMemory:
+    """The CUDA layer's calls (``u2edge.cuda.Cuda``) on host memory, to run the GPU backends' own
+    logic on the CPU: "device" buffers are numpy arrays, copies are bounds-checked memmoves, a
+    stream's work is done as it is enqueued, and a captured graph records its work without doing
+    it, to do it on each launch (as CUDA graphs do). With ``u2edge._native.cpu`` the kernels'
+    arithmetic runs too."""
+
+    def __init__(self) -> None:
+        self.device = {"gpu": "host memory", "compute_capability": None}
+        self.buffers: dict[int, np.ndarray] = {}
+        self.streams: set[int] = set()
+        self.launches = 0
+        self._made = 0
+
+    def _keep(self, array: np.ndarray) -> int:
+        self.buffers[array.ctypes.data] = array
+        return array.ctypes.data
+
+    def _check(self, ptr: int, nbytes: int) -> None:
+        assert any(start <= ptr and ptr + nbytes <= start + b.nbytes for start, b in self.buffers.items()), \
+            f"{nbytes} bytes at {ptr:#x} overrun every buffer"
+
+    def malloc(self, nbytes: int) -> int:
+        return self._keep(np.empty(nbytes, np.uint8))
+
+    def free(self, ptr: int) -> None:
+        del self.buffers[ptr]  # a double free, or a pointer never allocated, fails here
+
+    def pinned(self, shape, dtype=np.float32) -> tuple[np.ndarray, int]:
+        array = np.empty(shape, dtype)
+        return array, self._keep(array)
+
+    free_pinned = free
+
+    def stream(self) -> int:
+        self._made += 1
+        self.streams.add(self._made)
+        return self._made
+
+    def destroy_stream(self, stream: int) -> None:
+        self.streams.remove(stream)
+
+    def handle(self, stream) -> int:
+        return stream or 0
+
+    def to_device(self, dst: int, src: np.ndarray, stream) -> None:
+        self._check(dst, src.nbytes)
+        ctypes.memmove(dst, src.ctypes.data, src.nbytes)
+
+    def to_host(self, dst: np.ndarray, src: int, stream) -> None:
+        self._check(src, dst.nbytes)
+        ctypes.memmove(dst.ctypes.data, src, dst.nbytes)
+
+    def synchronize(self, stream) -> None:
+        """The work was done as it was enqueued."""
+
+    def capture(self, stream, work):
+        return work
+
+    def launch(self, graph, stream) -> None:
+        self.launches += 1
+        graph()
+
+    def destroy_graph(self, graph) -> None:
+        """A recorded graph holds nothing to free."""
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ module is built, so CI checks the arithmetic), and the kernels themselves on a C
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 
@@ -13,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import PHOTOS
+from conftest import PHOTOS, HostMemory
 from u2edge.native import load
 from u2edge.processing import Preprocessing, postprocess, preprocess
 from u2edge.render import Background, render
@@ -168,46 +167,6 @@ def test_bad_arrays_are_refused_with_a_message(kernels):
         kernels.composite(frame, np.zeros((10, 10), np.float32), 2, background=np.zeros((5, 5, 3), np.uint8))
     with pytest.raises(ValueError, match="mode must be"):
         kernels.composite(frame, np.zeros((10, 10), np.float32), 7)
-
-
-class HostMemory:
-    """The CUDA layer's memory calls on host memory: "device" buffers are numpy arrays, copies are
-    memmoves, and a stream's work is done as it is enqueued. With ``u2edge._native.cpu`` it runs
-    GpuFrames' staging, offsets and batching on the CPU; every copy is bounds-checked."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[int, np.ndarray] = {}
-
-    def _keep(self, array: np.ndarray) -> int:
-        self.buffers[array.ctypes.data] = array
-        return array.ctypes.data
-
-    def _check(self, ptr: int, nbytes: int) -> None:
-        assert any(start <= ptr and ptr + nbytes <= start + b.nbytes for start, b in self.buffers.items()), \
-            f"{nbytes} bytes at {ptr:#x} overrun every buffer"
-
-    def malloc(self, nbytes: int) -> int:
-        return self._keep(np.empty(nbytes, np.uint8))
-
-    def free(self, ptr: int) -> None:
-        del self.buffers[ptr]  # a double free, or a pointer never allocated, fails here
-
-    def pinned(self, shape, dtype=np.float32) -> tuple[np.ndarray, int]:
-        array = np.empty(shape, dtype)
-        return array, self._keep(array)
-
-    free_pinned = free
-
-    def handle(self, stream) -> int:
-        return 0
-
-    def to_device(self, dst: int, src: np.ndarray, stream) -> None:
-        self._check(dst, src.nbytes)
-        ctypes.memmove(dst, src.ctypes.data, src.nbytes)
-
-    def to_host(self, dst: np.ndarray, src: int, stream) -> None:
-        self._check(src, dst.nbytes)
-        ctypes.memmove(dst.ctypes.data, src, dst.nbytes)
 
 
 def test_the_frame_path_gives_the_cpu_paths_masks(native, photos, engine):
