@@ -29,7 +29,6 @@ def test_no_device_is_one_line_naming_the_fallback():
         pytest.skip("a CUDA device is here")
 
 
-
 def test_without_a_driver_each_call_reaches_the_runtime_and_fails_in_one_line():
     """The layer's calls match the installed cuda-python's API: each reaches the CUDA runtime (a
     wrong argument would raise TypeError first) and its failure is one U2EdgeError line."""
@@ -58,6 +57,7 @@ def test_without_a_driver_each_call_reaches_the_runtime_and_fails_in_one_line():
     for release in (layer.free, layer.free_pinned, layer.destroy_stream):
         release(0)
     layer.destroy_graph(runtime.cudaGraphExec_t())
+
 
 @pytest.mark.gpu
 def test_round_trip_through_pinned_and_device_memory(photos):
