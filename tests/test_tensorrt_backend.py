@@ -208,3 +208,47 @@ def test_without_graphs_or_gpu_frames(host, dynamic_plan, photos, engine):
         assert host.memory.launches == 0
         with pytest.raises(U2EdgeError, match="this engine pre- and post-processes on the CPU"):
             trt.submit_frames([frame])
+
+
+class _SmallCard(HostMemory):
+    """Room for ``budget`` allocations (device or pinned); the next one fails as the CUDA layer
+    reports an out-of-memory cudaMalloc."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def _spend(self, nbytes: int) -> None:
+        if self.budget == 0:
+            raise U2EdgeError(f"out of GPU memory allocating {nbytes} bytes; close other GPU programs, "
+                              "or use a smaller batch")
+        self.budget -= 1
+
+    def malloc(self, nbytes: int) -> int:
+        self._spend(nbytes)
+        return super().malloc(nbytes)
+
+    def pinned(self, shape, dtype=np.float32) -> tuple[np.ndarray, int]:
+        self._spend(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return super().pinned(shape, dtype)
+
+
+def test_running_out_of_memory_at_open_frees_what_was_allocated(host, monkeypatch, tmp_path, official_onnx):
+    """Out of GPU memory at each allocation in turn (two slots, side outputs, the frame path's
+    scratch): the error reaches the caller as one line, and nothing is left allocated."""
+    plan = tmp_path / "official.engine"
+    plan.write_bytes(official_onnx.read_bytes())
+    budget = 0
+    while True:
+        card = _SmallCard(budget)
+        monkeypatch.setattr(backend_module, "load_cuda", lambda: card)
+        try:
+            trt = TensorRTBackend(plan, in_flight=2)
+        except U2EdgeError as exc:
+            assert str(exc).startswith("out of GPU memory allocating") and "\n" not in str(exc)
+            assert card.buffers == {} and card.streams == set(), budget
+            budget += 1
+            continue
+        trt.close()
+        break
+    assert budget == 22  # per slot: 2 pinned, input, output, 6 side maps, the frame path's scratch

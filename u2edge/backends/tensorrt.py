@@ -42,17 +42,18 @@ log = logging.getLogger("u2edge")
 
 @dataclass
 class _Slot:
-    """One batch in flight: an execution context, a stream, and its buffers."""
+    """One batch in flight: an execution context, a stream, and its buffers (filled in one by
+    one, so that close() frees what a failed open had allocated)."""
 
     context: object
-    stream: object
-    device_in: int
-    device_out: int
-    host_in: np.ndarray
-    host_out: np.ndarray
-    pinned: list[int]
-    side: list[int]  # device buffers for the outputs u2edge does not read (d1..d6 in some engines)
-    frames: GpuFrames | None  # the GPU frame path, where the native part is built
+    stream: object = None
+    device_in: int = 0
+    device_out: int = 0
+    host_in: np.ndarray | None = None
+    host_out: np.ndarray | None = None
+    pinned: list[int] = field(default_factory=list)
+    side: list[int] = field(default_factory=list)  # the outputs u2edge does not read (d1..d6 in some engines)
+    frames: GpuFrames | None = None  # the GPU frame path, where the native part is built
     graphs: dict[int, object] = field(default_factory=dict)  # batch size -> instantiated CUDA graph
     runs: dict[int, int] = field(default_factory=dict)  # batch size -> plain runs so far
     pending: int | None = None  # the batch size submitted and not yet collected
@@ -98,7 +99,7 @@ class TensorRTBackend(Backend):
         self._next = 0
         try:
             for _ in range(in_flight):
-                self._slots.append(self._new_slot())
+                self._new_slot()
         except BaseException:
             self.close()
             raise
@@ -132,22 +133,28 @@ class TensorRTBackend(Backend):
         self._side = [(t["name"], 4 * int(np.prod([self.max_batch if d == -1 else d for d in t["shape"]])))
                       for t in outputs if t is not out]
 
-    def _new_slot(self) -> _Slot:
+    def _new_slot(self) -> None:
+        """Add a slot; it joins ``_slots`` before its first allocation, so close() frees it."""
         cuda, size, n = self._cuda, self._size, self.max_batch
         context = self._engine.create_execution_context()
         if context is None:
             raise U2EdgeError("out of GPU memory creating a TensorRT execution context; close other GPU programs")
-        host_in, pin_in = cuda.pinned((n, 3, size, size))
-        host_out, pin_out = cuda.pinned((n, size, size))
-        frames = GpuFrames(cuda, self._native, self.preprocessing) if self._native is not None else None
-        slot = _Slot(context, cuda.stream(), cuda.malloc(host_in.nbytes), cuda.malloc(host_out.nbytes),
-                     host_in, host_out, [pin_in, pin_out], [], frames)
+        slot = _Slot(context)
+        self._slots.append(slot)
+        slot.stream = cuda.stream()
+        slot.host_in, pinned = cuda.pinned((n, 3, size, size))
+        slot.pinned.append(pinned)
+        slot.host_out, pinned = cuda.pinned((n, size, size))
+        slot.pinned.append(pinned)
+        slot.device_in = cuda.malloc(slot.host_in.nbytes)
         context.set_tensor_address(self._input, slot.device_in)
+        slot.device_out = cuda.malloc(slot.host_out.nbytes)
         context.set_tensor_address(self._output, slot.device_out)
         for name, nbytes in self._side:
             slot.side.append(cuda.malloc(nbytes))
             context.set_tensor_address(name, slot.side[-1])
-        return slot
+        if self._native is not None:
+            slot.frames = GpuFrames(cuda, self._native, self.preprocessing)
 
     # --- running -------------------------------------------------------------------------------
     def submit(self, batch: np.ndarray) -> int:
@@ -240,17 +247,20 @@ class TensorRTBackend(Backend):
             return
         self._closed = True
         cuda = getattr(self, "_cuda", None)
-        for slot in self._slots:
+        for slot in self._slots:  # the last one may be partly allocated, when opening failed
             for graph in slot.graphs.values():
                 cuda.destroy_graph(graph)
-            cuda.synchronize(slot.stream)
+            if slot.stream is not None:
+                cuda.synchronize(slot.stream)
             if slot.frames is not None:
                 slot.frames.close()
             for ptr in (slot.device_in, slot.device_out, *slot.side):
-                cuda.free(ptr)
+                if ptr:
+                    cuda.free(ptr)
             for ptr in slot.pinned:
                 cuda.free_pinned(ptr)
-            cuda.destroy_stream(slot.stream)
+            if slot.stream is not None:
+                cuda.destroy_stream(slot.stream)
         self._slots = []
         self._engine = self._runtime = None
 
