@@ -241,7 +241,7 @@ def test_running_out_of_memory_at_open_frees_what_was_allocated(host, monkeypatc
     budget = 0
     while True:
         card = _SmallCard(budget)
-        monkeypatch.setattr(backend_module, "load_cuda", lambda: card)
+        monkeypatch.setattr(backend_module, "load_cuda", lambda card=card: card)
         try:
             trt = TensorRTBackend(plan, in_flight=2)
         except U2EdgeError as exc:
