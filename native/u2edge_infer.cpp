@@ -4,6 +4,9 @@
 // kernels), run a u2edge TensorRT engine (tensors bound by name, enqueueV3), postprocess on the
 // GPU, and write the 8-bit mask (or, with --cutout, the BGRA cutout) as a PNG.
 // Needs TensorRT >= 8.5 (name-based I/O) and OpenCV's C++ library (JetPack has both).
+// It preprocesses with the official recipe (RGB, max-normalized, ImageNet mean/std) at the
+// engine's input size; for an engine built with other settings (its sidecar's "preprocessing"),
+// use the Python runtime, which reads them.
 #include <NvInfer.h>
 #include <cuda_runtime.h>
 
