@@ -1,7 +1,6 @@
 """TensorRTBackend's own logic, run on the CPU. TensorRT cannot run here (no GPU), so a stand-in
 keeps TensorRT's documented contract for the calls the backend makes (every I/O tensor bound by
-name before ``execute_async_v3``, the input shape set for a dynamic batch, a context per batch in
-flight) and runs the real network with ONNX Runtime on the bound buffers. Memory is
+name before ``execute_async_v3``, the input shape set for a dynamic batch) and runs the real network with ONNX Runtime on the bound buffers. Memory is
 ``conftest.HostMemory``, and the frame path uses the kernels' arithmetic (``u2edge._native.cpu``).
 What is checked is the backend: binding, slots and tickets, CUDA graph replay, the frame path,
 its errors, and freeing everything on close. tests/test_tensorrt.py runs real plans on a GPU."""
@@ -33,9 +32,6 @@ class _Severity(enum.IntEnum):
 class _ILogger:
     Severity = _Severity
 
-    def __init__(self) -> None:
-        pass
-
 
 class _TensorIOMode(enum.Enum):
     INPUT, OUTPUT = 1, 2
@@ -45,19 +41,20 @@ class _DataType(enum.Enum):
     FLOAT = 0
 
 
+def _dims(shape) -> list[int]:
+    """An ONNX Runtime shape as TensorRT gives it: -1 for a symbolic dimension."""
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
 class _Engine:
     """An ICudaEngine whose plan is an ONNX file: its I/O tensors, with -1 for a dynamic batch and
     a (1, 2, max) batch profile."""
 
     def __init__(self, plan: bytes, max_batch: int) -> None:
         self.session = ort.InferenceSession(plan, providers=["CPUExecutionProvider"])
-        def dims(shape) -> list[int]:
-            return [d if isinstance(d, int) else -1 for d in shape]
-
-        self.tensors = {t.name: (_TensorIOMode.INPUT, dims(t.shape)) for t in self.session.get_inputs()}
-        self.tensors.update({t.name: (_TensorIOMode.OUTPUT, dims(t.shape)) for t in self.session.get_outputs()})
+        self.tensors = {t.name: (_TensorIOMode.INPUT, _dims(t.shape)) for t in self.session.get_inputs()}
+        self.tensors.update({t.name: (_TensorIOMode.OUTPUT, _dims(t.shape)) for t in self.session.get_outputs()})
         self.max_batch = max_batch
-        self.contexts: list[_Context] = []
 
     @property
     def num_io_tensors(self) -> int:
@@ -80,15 +77,14 @@ class _Engine:
         return _DataType.FLOAT
 
     def create_execution_context(self) -> _Context:
-        self.contexts.append(_Context(self))
-        return self.contexts[-1]
+        return _Context(self)
 
 
 class _Context:
     """An IExecutionContext: runs the network on the tensors at the bound addresses."""
 
     def __init__(self, engine: _Engine) -> None:
-        self.engine, self.addresses, self.shapes, self.runs = engine, {}, {}, 0
+        self.engine, self.addresses, self.shapes = engine, {}, {}
 
     def set_tensor_address(self, name: str, ptr: int) -> None:
         self.addresses[name] = ptr
@@ -108,7 +104,6 @@ class _Context:
         for out, value in zip(self.engine.session.get_outputs(), self.engine.session.run(None, {name: x.copy()})):
             value = np.ascontiguousarray(value, np.float32)
             ctypes.memmove(self.addresses[out.name], value.ctypes.data, value.nbytes)
-        self.runs += 1
         return True
 
 
