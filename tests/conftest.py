@@ -133,6 +133,12 @@ def official_onnx() -> Path:
 
 
 @pytest.fixture(scope="session")
+def official_u2net_onnx() -> Path:
+    """The official U-2-Net ONNX (176 MB, fetched once into the user cache)."""
+    return default_onnx("u2net")
+
+
+@pytest.fixture(scope="session")
 def engine(official_onnx) -> U2EdgeEngine:
     """The official U2-NetP on ONNX Runtime: the FP32 reference every other backend is held to."""
     with U2EdgeEngine(official_onnx, backend="onnxruntime") as eng:

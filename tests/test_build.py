@@ -187,7 +187,6 @@ def one_line_error(proc) -> str:
     (["--dla-core", "0", "--dynamic-batch", "1:2:4"], "DLA needs a static shape"),
     (["--calib-count", "0"], "--calib-count 0 must be at least 1"),
     (["--workspace", "-1"], "--workspace -1.0 must be a positive number"),
-    (["--model", "u2net"], "u2net weights cannot be fetched automatically"),
     (["--gpu-fallback"], "only applies with --dla-core"),
     (["--fp16-mode", "flag"], "--fp16-mode flag needs BuilderFlag.FP16"),
     (["--dynamic-batch", "4:2:8"], "1 <= MIN <= OPT <= MAX"),

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PHOTOS, official_input
+from conftest import PHOTOS, official_input, run_cli
 from u2edge.errors import U2EdgeError, WeightsError
 
 onnx = pytest.importorskip("onnx", reason="export needs onnx: pip install -e '.[export]'")
@@ -66,6 +66,21 @@ def test_torch_export_golden_against_the_official_onnx(torch_export, official_on
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
 
 
+@pytest.mark.slow
+def test_cli_export_of_the_official_u2net_golden(tmp_path, official_u2net_onnx, photos):
+    out = tmp_path / "u2net.onnx"
+    proc = run_cli("export", "--model", "u2net", "-o", out)  # by name: the cached official ONNX
+    assert f"wrote {out} (u2net, opset 17, batch 1" in proc.stdout and "via graph edits" in proc.stdout
+    model = onnx.load(str(out))
+    assert [o.name for o in model.graph.output] == ["mask"] and model.graph.input[0].name == "input"
+    assert {p.key: p.value for p in model.metadata_props}["u2edge.arch"] == "u2net"
+    want = official_d0(official_u2net_onnx, photos)  # both graphs have a fixed batch of 1
+    sess = session(out)
+    worst = max(float(np.abs(sess.run(None, {"input": official_input(photos[n])})[0] - want[n]).max())
+                for n in PHOTOS)
+    assert worst <= 1e-4, f"max abs error {worst:.2e}"
+
+
 @pytest.mark.parametrize("imgsz", [0, 300, 330])
 def test_imgsz_must_be_a_multiple_of_32(tmp_path, imgsz):
     with pytest.raises(U2EdgeError, match="multiple of 32"):
@@ -76,8 +91,8 @@ def test_imgsz_must_be_a_multiple_of_32(tmp_path, imgsz):
 def test_wrong_and_missing_weights(tmp_path, official_onnx):
     with pytest.raises(WeightsError, match="this is a U2NETP ONNX, you asked for u2net"):
         export_onnx(tmp_path / "x.onnx", arch="u2net", weights=official_onnx)
-    with pytest.raises(WeightsError, match="u2net.pth"):
-        export_onnx(tmp_path / "x.onnx", arch="u2net")
+    with pytest.raises(WeightsError, match="unknown model 'u2nett'"):
+        export_onnx(tmp_path / "x.onnx", arch="u2nett")
     with pytest.raises(U2EdgeError, match="refusing to overwrite the source"):
         export_onnx(official_onnx, weights=official_onnx)
     assert list(tmp_path.iterdir()) == []

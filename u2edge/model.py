@@ -4,8 +4,9 @@ The module and parameter names reproduce the official checkpoints (xuebinqin/U-2
 ``u2net.pth``, ``u2netp.pth`` and ``u2net_human_seg.pth`` load as they are. Importing this
 module needs torch; nothing in the runtime imports it.
 
-    >>> from u2edge.model import u2netp
-    >>> net = u2netp(weights="official").eval()   # the official U2-NetP, fetched once
+    >>> from u2edge.model import u2net, u2netp
+    >>> net = u2netp(weights="official")   # the official U2-NetP, fetched once into the user cache
+    >>> big = u2net(weights="official")    # the official U-2-Net (a large download the first time)
 """
 
 from __future__ import annotations
@@ -160,12 +161,15 @@ def _check_shapes(arch: str, got: dict[str, tuple[int, ...]], what: str) -> None
 
 
 def u2net(*, weights: str | os.PathLike | None = None, fused_only: bool = False) -> U2Net:
-    """The full U-2-Net (44,009,869 parameters). ``weights``: None (random), or a weights file."""
+    """The full U-2-Net (44,009,869 parameters). ``weights``: None (random), ``"official"`` (the
+    official U-2-Net ONNX, fetched once into the user cache by ``u2edge.weights.default_onnx``), or
+    a weights file (official ``u2net.pth`` or ``u2net_human_seg.pth``, ONNX, or u2edge checkpoint)."""
     return _build("u2net", weights, fused_only)
 
 
 def u2netp(*, weights: str | os.PathLike | None = None, fused_only: bool = False) -> U2Net:
-    """U-2-NetP (1,131,181 parameters). ``weights``: None (random), ``"official"``, or a weights file."""
+    """U-2-NetP (1,131,181 parameters). ``weights``: None (random), ``"official"`` (the official
+    U2-NetP ONNX, fetched once into the user cache), or a weights file."""
     return _build("u2netp", weights, fused_only)
 
 
