@@ -33,7 +33,7 @@ from ..processing import Preprocessing, preprocess
 from ..sidecar import Precision, identity_hash, read_sidecar, sidecar_path, write_sidecar
 from ..weights import cache_dir, default_onnx, sha256_file
 from . import precision as prec
-from .graph import set_image_shape, set_metadata
+from ..onnxgraph import set_image_shape, set_metadata
 from .onnx_export import check_imgsz, export_onnx
 
 __all__ = ["BuildOptions", "BuildResult", "build_engine", "split_calibration"]

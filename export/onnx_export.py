@@ -26,13 +26,13 @@ from ..errors import U2EdgeError, WeightsError
 from ..onnx_weights import onnx_arch
 from ..processing import METADATA_PREFIX, Preprocessing
 from ..weights import default_onnx, sha256_file
-from . import graph
+from .. import onnxgraph as graph
+from ..onnxgraph import OUTPUT_NAMES
 
 __all__ = ["OUTPUT_NAMES", "ExportResult", "check_imgsz", "export_onnx"]
 
 log = logging.getLogger("u2edge")
 
-OUTPUT_NAMES = ("mask", "d1", "d2", "d3", "d4", "d5", "d6")  # d0 (fused) is "mask"
 
 
 @dataclass(frozen=True)
@@ -100,23 +100,8 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
 
 def _from_onnx(source: Path, imgsz: int, batch: int | None, all_outputs: bool):
     onnx = require("onnx")
-    proto = onnx.load(str(source))
-    g = proto.graph
-    if len(g.input) != 1 or len(g.output) not in (1, 7):
-        raise WeightsError(f"{source} has {len(g.input)} inputs and {len(g.output)} outputs; "
-                           "a U-2-Net ONNX has one input and 1 or 7 outputs")
-    if all_outputs and len(g.output) != 7:
-        raise WeightsError(f"{source} has only the fused output; --all-outputs needs a source with all seven")
-    keep = len(g.output) if all_outputs else 1
-    del g.output[keep:]
-    graph.prune(g)
-    graph.rename_tensor(g, g.input[0].name, "input")
-    for out, name in zip(list(g.output), OUTPUT_NAMES):
-        graph.rename_tensor(g, out.name, name)
-    graph.set_image_shape(g, "batch" if batch is None else batch, imgsz)
-    proto = graph.upgrade_opset(proto)
-    graph.drop_empty_resize_inputs(proto.graph)
-    proto = onnx.shape_inference.infer_shapes(proto)
+    proto = graph.fused_graph(onnx.load(str(source)), imgsz, batch, all_outputs, source=str(source))
+    keep = len(proto.graph.output)
 
     # the reference is the untouched source graph, its input size loosened to imgsz
     ref = onnx.load(str(source))

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .._deps import require
-from ..config import arch_of_conv_shapes, conv_layout
 from ..errors import EngineBuildError
 from ..metrics import agreement
 from ..processing import Preprocessing, postprocess, preprocess
+from ..qdq import layer_names
 from . import quantize
 
 __all__ = ["Gate", "Accuracy", "Evaluator", "to_fp16", "to_int8", "conv_macs"]
@@ -120,16 +120,6 @@ def conv_macs(proto) -> dict[str, int]:
         if out and weight and len(out) == 4:
             macs[node.name] = int(np.prod(weight) * out[2] * out[3])
     return macs
-
-
-def layer_names(proto) -> dict[str, str]:
-    """ONNX conv node name -> the model's layer name (stage2d.rebnconv1d), by graph order."""
-    inits = {t.name: tuple(t.dims) for t in proto.graph.initializer}
-    nodes = quantize.conv_nodes(proto)
-    arch = arch_of_conv_shapes([inits.get(n.input[1]) for n in nodes])
-    if arch is None:
-        return {n.name: n.name for n in nodes}
-    return {node.name: conv.name for node, conv in zip(nodes, conv_layout(arch))}
 
 
 @dataclass

@@ -1,14 +1,20 @@
-"""ONNX graph edits that need no torch: outputs, names, batch and input size, opset, metadata."""
+"""ONNX graph edits that need no torch: outputs, names, batch and input size, opset, metadata.
+
+The export toolchain builds on these, and so does the runtime when it makes the CPU INT8 model
+from the official ONNX on first use (``u2edge.cpu``): both reach the same fused graph.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .._deps import require
-from .._files import write_bytes_atomic
+from ._deps import require
+from ._files import write_bytes_atomic
+from .errors import WeightsError
 
 OPSET = 17
+OUTPUT_NAMES = ("mask", "d1", "d2", "d3", "d4", "d5", "d6")  # d0 (fused) is "mask"
 
 
 def rename_tensor(graph, old: str, new: str) -> None:
@@ -90,3 +96,25 @@ def save_atomic(proto, path: str | os.PathLike) -> Path:
     """Check the model, then write it atomically."""
     require("onnx").checker.check_model(proto)
     return write_bytes_atomic(path, proto.SerializeToString())
+
+
+def fused_graph(proto, imgsz: int, batch: int | None, all_outputs: bool = False, source: str = "the ONNX"):
+    """A U-2-Net ONNX (the official one: opset 11, seven outputs) as u2edge's graph: input
+    ``input``, the fused output ``mask`` (or all seven, ``mask, d1..d6``), the batch fixed or
+    dynamic (None), ``imgsz`` square, opset 17. Modifies and returns ``proto``."""
+    onnx = require("onnx")
+    g = proto.graph
+    if len(g.input) != 1 or len(g.output) not in (1, 7):
+        raise WeightsError(f"{source} has {len(g.input)} inputs and {len(g.output)} outputs; "
+                           "a U-2-Net ONNX has one input and 1 or 7 outputs")
+    if all_outputs and len(g.output) != 7:
+        raise WeightsError(f"{source} has only the fused output; --all-outputs needs a source with all seven")
+    del g.output[len(g.output) if all_outputs else 1:]
+    prune(g)
+    rename_tensor(g, g.input[0].name, "input")
+    for out, name in zip(list(g.output), OUTPUT_NAMES):
+        rename_tensor(g, out.name, name)
+    set_image_shape(g, "batch" if batch is None else batch, imgsz)
+    proto = upgrade_opset(proto)
+    drop_empty_resize_inputs(proto.graph)
+    return onnx.shape_inference.infer_shapes(proto)
