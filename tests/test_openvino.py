@@ -12,7 +12,7 @@ from u2edge.backends import choose
 from u2edge.errors import ModelFormatError, U2EdgeError
 from u2edge.metrics import agreement
 
-pytest.importorskip("openvino", reason="the CPU fast path needs OpenVINO: pip install -e '.[cpu]'")
+pytest.importorskip("openvino", reason="the CPU fast path needs OpenVINO: pip install openvino")
 
 
 def test_openvino_runs_dot_onnx_by_default_and_onnxruntime_on_request(official_onnx):
@@ -82,10 +82,16 @@ def test_cli_reuses_the_cpu_model_and_runs_it(cpu_int8, calib_dir, photo_paths, 
     assert "openvino" in proc.stderr and (tmp_path / f"{photo_paths[0].stem}.png").is_file()
 
 
-def test_info_names_the_fast_path():
+def test_info_names_the_fast_path_and_what_auto_chose():
+    from u2edge.cpu import choose_precision, cpu_features
+
     out = run_cli("info").stdout
-    assert "cpu fast path  on: .onnx runs on OpenVINO" in out
     assert ".onnx -> openvino" in out
+    if cpu_features().int8:
+        assert f"cpu fast path   on: OpenVINO INT8 on {', '.join(cpu_features().int8)}" in out
+    for model in ("u2netp", "u2net"):
+        choice = choose_precision(model)
+        assert f"{model} auto".ljust(14) + f"  {choice.reason}" in out
 
 
 def test_openvino_refuses_a_corrupt_or_foreign_model(tmp_path, official_onnx):

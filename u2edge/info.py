@@ -16,7 +16,9 @@ import sys
 from . import __version__
 from .backends import SUFFIXES, choose
 from .native import status as native_status
-from .weights import WEIGHTS, cache_dir
+from .cpu import choose_precision, cpu_features
+from .errors import U2EdgeError
+from .weights import WEIGHTS, cached_path
 
 __all__ = ["collect", "opencv_features"]
 
@@ -80,25 +82,26 @@ def _gpus() -> list[str]:
 
 
 def _cpu() -> dict:
-    """The CPU's name and the INT8 instruction sets the fast path uses (Linux /proc/cpuinfo)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        text = ""
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    if match:
-        name = match.group(1).strip()
-    match = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
-    if match:
-        flags = set(match.group(1).split())
-    wanted = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "amx_int8": "AMX-INT8"}
-    return {"name": name, "cores": os.cpu_count(), "int8_features": [v for k, v in wanted.items() if k in flags]}
+    """The CPU's name and the instruction sets that decide the fast path's precision."""
+    features = cpu_features()
+    return {"name": features.name, "cores": features.cores, "int8_features": features.int8,
+            "bf16_features": features.bf16}
+
+
+def _auto() -> dict:
+    """What ``--precision auto`` runs for each model here, and why."""
+    out = {}
+    for model in WEIGHTS:
+        try:
+            choice = choose_precision(model)
+        except U2EdgeError as exc:
+            out[model] = {"precision": None, "reason": str(exc)}
+        else:
+            out[model] = {"precision": choice.precision.value, "reason": choice.reason}
+    return out
 
 
 def collect() -> dict:
-    default = cache_dir() / f"{WEIGHTS['u2netp'].name}.onnx"
     return {
         "u2edge": __version__,
         "python": sys.version.split()[0],
@@ -118,5 +121,6 @@ def collect() -> dict:
         "cpu": _cpu(),
         "native": native_status(),
         "backends": {suffix: choose(f"model{suffix}") for suffix in SUFFIXES},
-        "default_weights": {"path": str(default), "cached": default.exists()},
+        "auto": _auto(),
+        "weights": {name: {"path": str(cached_path(name)), "cached": cached_path(name).exists()} for name in WEIGHTS},
     }

@@ -2,8 +2,8 @@
 
 A suffix lists the backends that can run it, best first; the first one installed runs the file,
 unless the caller names one (``backend="onnxruntime"``). OpenVINO comes first for ``.onnx``
-because it is installed only by the CPU fast-path extra (``pip install 'u2edge[cpu]'``), which
-runs INT8 graphs on VNNI/AMX where ONNX Runtime has no fast INT8 path for them.
+(a base dependency on x86-64: the CPU fast path): it runs INT8 graphs on VNNI/AMX, where ONNX
+Runtime has no fast INT8 path for them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A U-2-Net INT8 graph from ``u2edge build --precision int8 -o MODEL.onnx`` runs here in INT8 on
 AVX-512 VNNI or AMX; any other U-2-Net ONNX runs in FP32. The inference precision is pinned to
 FP32, because OpenVINO would otherwise run float layers in BF16 on CPUs that have it, and BF16
-costs U-2-NetP mask accuracy (min IoU 0.92 against FP32 on the scikit-image photos).
+costs U-2-NetP mask accuracy (min IoU 0.92 against FP32 on the scikit-image photos);
+``inference_precision="bf16"`` asks for BF16 all the same (``--precision bf16``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     requires = "openvino"
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, inference_precision: str = "f32") -> None:
+        if inference_precision not in ("f32", "bf16"):
+            raise ModelFormatError(f"OpenVINO inference precision {inference_precision!r}; use f32 or bf16")
         ov = require("openvino")
         from openvino.frontend import FrontEndManager
 
@@ -55,10 +58,11 @@ class OpenVinoBackend(Backend):
             raise ModelFormatError(f"{Path(path).name}: its metadata says {self.preprocessing.imgsz}px but its input "
                                    f"is {size}px; re-export it with u2edge export --imgsz {size}")
         self.precision = meta.get("u2edge.precision", "fp32")
+        self.inference_precision = inference_precision
         self.batch_size = shape[0].get_length() if shape[0].is_static else None
         names = [o.get_any_name() for o in model.outputs]
         self._output = names.index("mask") if "mask" in names else 0
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = core.compile_model(model, "CPU", config)
@@ -70,7 +74,8 @@ class OpenVinoBackend(Backend):
         return np.array(out.reshape(out.shape[0], out.shape[-2], out.shape[-1]))
 
     def describe(self) -> str:
-        return f"openvino {self._version} (CPU, {self.precision})"
+        floats = ", float layers in BF16" if self.inference_precision == "bf16" else ""
+        return f"openvino {self._version} (CPU, {self.precision}{floats})"
 
     def close(self) -> None:
         self._request = self._compiled = None

@@ -20,20 +20,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import CONFIGS
 from ..errors import U2EdgeError
 from ..export.quantize import CALIB_METHODS
-from ..sidecar import Precision
-from .options import add_json_option, print_json, print_table
+from ..sidecar import BUILD_PRECISIONS, Precision
+from .options import add_json_option, add_model_option, print_json, print_table
 from .progress import Progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=[p.value for p in Precision], default=Precision.FP16.value,
+    parser.add_argument("--precision", choices=[p.value for p in BUILD_PRECISIONS], default=Precision.FP16.value,
                         help="engine precision (default: fp16)")
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="u2netp", help="architecture (default: u2netp)")
+    add_model_option(parser)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--weights", metavar="W", help=".pth or ONNX weights (default: the official U2-NetP)")
+    source.add_argument("--weights", metavar="W", help=".pth or ONNX weights (default: the official ONNX of --model)")
     source.add_argument("--onnx", metavar="MODEL.onnx", help="a U-2-Net ONNX to build from")
     parser.add_argument("--imgsz", type=int, default=320, help="input side, a multiple of 32 (default: 320)")
     batch = parser.add_mutually_exclusive_group()

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import cv2
 
-from ..engine import U2EdgeEngine
 from ..errors import ImageError, U2EdgeError
 from ..images import IMAGE_SUFFIXES, read_image, read_mask
 from ..metrics import SODMetrics
-from .options import add_engine_option, add_json_option, print_json
+from .options import add_engine_option, add_json_option, open_engine, print_json
 from .progress import Progress
 
 log = logging.getLogger("u2edge")
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         found = found[:args.limit]
     metrics = SODMetrics()
-    with U2EdgeEngine(args.engine) as engine:
+    with open_engine(args) as engine:
         progress = Progress(len(found), "eval", enabled=not args.quiet)
         for image_path, mask_path in found:
             progress.step(image_path.name)

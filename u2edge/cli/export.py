@@ -3,7 +3,8 @@
 Examples:
   u2edge export -o u2netp.onnx                              # official U2-NetP, no torch needed
   u2edge export --dynamic-batch --imgsz 288 -o u2netp_dyn.onnx
-  u2edge export --model u2net --weights u2net.pth -o u2net.onnx   # needs u2edge[export]
+  u2edge export --model u2net -o u2net.onnx                 # official U2-Net, fetched once (176 MB)
+  u2edge export --model u2net --weights u2net.pth -o u2net_pth.onnx   # needs u2edge[export]
   u2edge export --weights u2netp.pth --all-outputs -o u2netp_all.onnx
 
 From an ONNX source (the default) every step is a graph edit; from a .pth the model is exported
@@ -15,15 +16,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import CONFIGS
-from .options import add_json_option, print_json
+from .options import add_json_option, add_model_option, print_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="u2netp", help="architecture (default: u2netp)")
+    add_model_option(parser)
     parser.add_argument("--weights", metavar="W",
                         help="official .pth, official or u2edge ONNX, or u2edge checkpoint "
-                             "(default: the official U2-NetP ONNX)")
+                             "(default: the official ONNX of --model)")
     parser.add_argument("--imgsz", type=int, default=320, help="input side, a multiple of 32 (default: 320)")
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default: 1)")

@@ -23,11 +23,10 @@ def _yes(value) -> str:
 
 def _fast_path(info: dict) -> str:
     if info["backends"].get(".onnx") != "openvino":
-        return "off: .onnx runs on ONNX Runtime; pip install 'u2edge[cpu]' for OpenVINO"
+        return "off: .onnx runs on ONNX Runtime; pip install openvino"
     if not info["cpu"]["int8_features"]:
         return "OpenVINO, but this CPU has no VNNI/AMX: INT8 gains little"
-    return ("on: .onnx runs on OpenVINO; INT8 models from u2edge build --precision int8 -o MODEL.onnx "
-            f"use {', '.join(info['cpu']['int8_features'])}")
+    return f"on: OpenVINO INT8 on {', '.join(info['cpu']['int8_features'])}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,20 +43,21 @@ def run(args: argparse.Namespace) -> int:
         ("opencv", f"{cv['version']} (GStreamer {_yes(cv.get('gstreamer'))}, V4L2 {_yes(cv.get('v4l2'))}, "
                    f"FFmpeg {_yes(cv.get('ffmpeg'))}, GUI {cv.get('gui') or 'none'})" if cv["version"] else missing),
         ("onnxruntime", f"{ort['version']} (providers: {', '.join(ort['providers'])})" if ort["version"] else missing),
-        ("openvino", info["openvino"] or f"{missing} (the CPU fast path: pip install 'u2edge[cpu]')"),
+        ("openvino", info["openvino"] or f"{missing} (the CPU fast path: pip install openvino)"),
         ("torch", info["torch"] or f"{missing} (needed for .pth models and torch export)"),
         ("onnx", info["onnx"] or f"{missing} (needed for export)"),
         ("tensorrt", info["tensorrt"] or missing),
         ("tensorrt_rtx", info["tensorrt_rtx"] or missing),
         ("cuda-python", info["cuda_python"] or missing),
         ("pycuda", info["pycuda"] or missing),
-        ("cpu", f"{cpu['name']}, {cpu['cores']} cores ({', '.join(cpu['int8_features']) or 'no VNNI/AMX'})"),
+        ("cpu", f"{cpu['name']}, {cpu['cores']} cores ({', '.join(cpu['int8_features'] + cpu['bf16_features']) or 'no VNNI/AMX, no BF16'})"),
         ("gpus", ", ".join(info["gpus"]) or "none found"),
         ("backends", ", ".join(f"{s} -> {m}" for s, m in info["backends"].items())),
         ("cpu fast path", _fast_path(info)),
         ("native part", info["native"]),
-        ("default model", f"{info['default_weights']['path']} "
-                          f"({'cached' if info['default_weights']['cached'] else 'fetched on first use'})"),
     ]
+    rows += [(f"{model} auto", auto["reason"]) for model, auto in info["auto"].items()]
+    rows += [(f"{model} weights", f"{w['path']} ({'cached' if w['cached'] else 'fetched on first use'})")
+             for model, w in info["weights"].items()]
     print_table(rows)
     return 0

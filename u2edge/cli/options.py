@@ -8,6 +8,8 @@ import logging
 import sys
 
 from ..render import Mode
+from ..sidecar import RUNTIME_PRECISIONS, Precision
+from ..weights import WEIGHTS
 
 
 def logging_options() -> argparse.ArgumentParser:
@@ -27,10 +29,28 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     log.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
+def add_model_option(parser, help: str = "architecture (default: u2netp)", default: str | None = "u2netp") -> None:
+    """--model, for every command that takes a model: the names of the weights table."""
+    parser.add_argument("--model", choices=sorted(WEIGHTS), default=default, help=help)
+
+
 def add_engine_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", metavar="PATH",
-                        help="model file: .onnx (ONNX Runtime) or .pth/.pt (PyTorch); "
-                             "default: the official U2-NetP, fetched once into the user cache")
+    """The model a runtime command runs: --model and --precision, or a model file (--engine)."""
+    group = parser.add_argument_group("model")
+    add_model_option(group, "official model, fetched once into the user cache (default: u2netp)", default=None)
+    group.add_argument("--precision", choices=[p.value for p in RUNTIME_PRECISIONS], default=Precision.AUTO.value,
+                       help="auto (default): the fastest precision that passes the accuracy gate on this CPU "
+                            "(INT8 on VNNI/AMX, else FP32); fp32: the reference; int8, bf16: ask for those")
+    group.add_argument("--engine", metavar="PATH",
+                       help="a model file instead: .engine/.plan (TensorRT), .onnx (OpenVINO or ONNX Runtime) "
+                            "or .pth/.pt (PyTorch), run at its own precision")
+
+
+def open_engine(args: argparse.Namespace, **options):
+    """The U2EdgeEngine the model options ask for."""
+    from ..engine import U2EdgeEngine
+
+    return U2EdgeEngine(args.engine, model=args.model, precision=args.precision, **options)
 
 
 def add_render_options(parser: argparse.ArgumentParser) -> None:

@@ -6,12 +6,11 @@ import argparse
 import logging
 import time
 
-from ..engine import U2EdgeEngine
 from ..errors import U2EdgeError
 from ..render import Background, Mode, render
 from ..video import Pipeline, Sink, Source, Stats
 from .image import resolve_rendering
-from .options import print_json
+from .options import open_engine, print_json
 from .progress import Progress
 
 log = logging.getLogger("u2edge")
@@ -34,7 +33,7 @@ def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
         if args.retries < 0:
             raise U2EdgeError(f"--retries {args.retries} must be 0 or more")
         draw = renderer(args)
-        engine = U2EdgeEngine(args.engine)
+        engine = open_engine(args)
     except BaseException:  # nothing ran: leave no output behind
         sink.abort()
         source.close()
