@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import PHOTOS, run_cli, small_disk
+from u2edge import U2EdgeEngine, read_image
 
 
 def error_lines(proc) -> list[str]:
@@ -67,7 +68,7 @@ def current_umask() -> int:
 
 def test_cutout_and_background_modes(tmp_path, photo_paths, engine, photos):
     astronaut = photo_paths[0]
-    run_cli("image", astronaut, "-o", tmp_path / "cut", "--mode", "cutout")
+    run_cli("image", astronaut, "-o", tmp_path / "cut", "--mode", "cutout", "--precision", "fp32")
     cut = cv2.imread(str(tmp_path / "cut" / "astronaut.png"), cv2.IMREAD_UNCHANGED)
     assert cut.shape == (512, 512, 4)
     want = np.rint(engine(photos[astronaut.name]) * 255)
@@ -102,6 +103,39 @@ def test_bad_inputs_are_reported_and_the_rest_processed(tmp_path, photo_paths):
     assert any("missing.png" in line and "no such file" in line for line in lines)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chelsea.png"]
     assert "1 written" in proc.stdout and "3 failed" in proc.stdout
+
+
+def test_a_folder_runs_through_the_pipeline_in_order_past_a_broken_file(tmp_path, photo_paths):
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in photo_paths:
+        shutil.copy(p, src)
+    (src / "b_broken.png").write_bytes(photo_paths[0].read_bytes()[:3000])  # sorts between two photos
+    proc = run_cli("image", src, "-o", tmp_path / "out", "--json", check_rc=1)
+    ours = [line for line in error_lines(proc) if line.startswith("u2edge")]  # OpenCV may warn on its own too
+    assert ours == [f"u2edge: {src / 'b_broken.png'}: not a readable image (corrupt, empty, or an unsupported "
+                    "format)"]
+    summary = json.loads(proc.stdout)
+    ordered = sorted(src / p.name for p in photo_paths)
+    assert [item["input"] for item in summary["images"]] == [str(p) for p in ordered]
+    assert [item["output"] for item in summary["images"]] == [str(tmp_path / "out" / f"{p.stem}.png")
+                                                              for p in ordered]
+    assert summary["written"] == 5 and summary["failed"] == 1 and len(summary["errors"]) == 1
+    assert summary["seconds"] > 0 and summary["seconds_per_image"] > 0
+    assert all(item["seconds"] > 0 for item in summary["images"])
+    # the video pipeline ran it: its frame counts and per-stage times come with the summary
+    pipeline = summary["pipeline"]
+    assert pipeline["frames"] == {"captured": 5, "processed": 5, "written": 5, "dropped": 0, "corrupt": 1}
+    assert pipeline["stop"] == "end of source" and pipeline["error"] is None
+    assert set(pipeline["stage_ms"]) == {"capture", "preprocess", "infer", "postprocess", "render", "write"}
+    assert all(pipeline["stage_ms"][stage] > 0 for stage in ("capture", "infer", "write"))
+    with U2EdgeEngine() as engine:  # the same backend the CLI picks
+        for item in summary["images"]:
+            frame = read_image(item["input"])
+            mask = cv2.imread(item["output"], cv2.IMREAD_UNCHANGED)
+            assert (item["height"], item["width"]) == mask.shape == frame.shape[:2]
+            assert np.abs(mask.astype(int) - np.rint(engine(frame) * 255)).max() <= 1, item["input"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{p.stem}.png" for p in photo_paths)
 
 
 def test_inputs_are_never_overwritten(tmp_path, photo_paths):

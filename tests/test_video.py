@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import pytest
 from conftest import make_clip, run_cli, small_disk
 from u2edge import U2EdgeEngine, read_image, stream
 from u2edge.errors import OutputError, SourceError
-from u2edge.video import Pipeline, Source, open_sink, open_source
+from u2edge.render import render
+from u2edge.video import ImageSequenceSource, PerFileSink, Pipeline, Source, open_sink, open_source
 from u2edge.video.sinks import NullSink, VideoFileSink
 
 
@@ -105,6 +107,58 @@ def test_folder_source_skips_a_corrupt_frame(photo_paths, tmp_path):
     assert stats["frames"]["written"] == 3 and stats["frames"]["corrupt"] == 1
     outs = sorted((tmp_path / "out").iterdir())
     assert len(outs) == 3 and all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape[2] == 4 for p in outs)
+
+
+# --- image lists: each frame to its own file, as ``u2edge image`` runs them -----------------------
+
+def test_an_image_list_carries_each_path_to_a_per_file_sink(engine, photos, photo_paths, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    floats = tmp_path / "floats.tiff"  # decodes, but to float32 pixels, which no frame may have
+    cv2.imwrite(str(floats), photos["coffee.png"].astype(np.float32) / 255)
+    inputs = [photo_paths[1], broken, photo_paths[2], floats, photo_paths[0]]  # the order given is kept
+    (tmp_path / "out").mkdir()
+    jobs = [(p, tmp_path / "out" / f"{p.stem}.png") for p in inputs]
+    corrupt, sink = [], PerFileSink(jobs)
+    stats = Pipeline(ImageSequenceSource("five", inputs), engine, sink, render=lambda f, m: render(f, m, "mask"),
+                     on_corrupt=corrupt.append).run()
+    assert [str(e) for e in corrupt] == [  # each names its file
+        f"{broken}: not a readable image (corrupt, empty, or an unsupported format)",
+        f"{floats}: cannot convert a float32 image; expected uint8 or uint16 pixels"]
+    assert stats.captured == 3 and stats.corrupt == 2 and stats.written == 3
+    good = [p for p in inputs if p not in (broken, floats)]
+    assert [(src, out) for src, out, _ in sink.files] == [(p, tmp_path / "out" / f"{p.stem}.png") for p in good]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{p.stem}.png" for p in good)
+    for src, out, shape in sink.files:
+        frame = read_image(src)
+        mask = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape == frame.shape[:2]
+        assert np.abs(mask.astype(int) - np.rint(engine(frame) * 255)).max() <= 1, src
+
+
+def test_the_per_file_sink_never_writes_onto_an_input(photo_paths, tmp_path):
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes(photo_paths[0].read_bytes())
+    before = photo.read_bytes()
+    with pytest.raises(OutputError, match="its output .*astronaut.png is an input; refusing to overwrite it"):
+        PerFileSink([(photo_paths[1], tmp_path / "chelsea.png"), (photo, tmp_path / "." / "astronaut.png")])
+    with pytest.raises(OutputError, match="is an input; refusing to overwrite it"):
+        PerFileSink([(photo_paths[1], photo), (photo, tmp_path / "out.png")])  # another job's input
+    assert photo.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["astronaut.png"]
+
+
+def test_the_per_file_sink_writes_complete_files_or_none(photos, photo_paths, tmp_path):
+    (tmp_path / "chelsea.png").mkdir()  # a folder where an output should go: moving it into place fails
+    sink = PerFileSink([(photo_paths[0], tmp_path / "astronaut.png"), (photo_paths[1], tmp_path / "chelsea.png")])
+    sink.write(photos["astronaut.png"], tag=photo_paths[0])
+    with pytest.raises(OutputError, match=re.escape(f"cannot write {tmp_path / 'chelsea.png'}: ") +
+                       ".*nothing was left behind"):
+        sink.write(photos["chelsea.png"], tag=photo_paths[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut.png", "chelsea.png"]  # no temp file
+    assert (tmp_path / "chelsea.png").is_dir() and sink.written == 1
+    assert np.array_equal(cv2.imread(str(tmp_path / "astronaut.png")), photos["astronaut.png"])
+    with pytest.raises(ValueError, match="no output planned for a frame tagged None"):
+        sink.write(photos["coffee.png"])
 
 
 @pytest.mark.parametrize("mode, width", [("overlay", 320), ("side-by-side", 640), ("cutout", 320)])

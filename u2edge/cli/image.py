@@ -7,7 +7,8 @@ Examples:
   u2edge image photo.jpg -o out/ --bg-blur 31 --engine u2netp.onnx
 
 Inputs are never overwritten, every output is written atomically, and an unreadable input is
-reported on one line while the others go on (the exit code is then 1).
+reported on one line while the others go on (the exit code is then 1). Decoding, inference and
+encoding overlap, through the same pipeline as `u2edge video`; outputs keep the input order.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import time
 from pathlib import Path
 
 from .._files import output_folder
-from ..engine import U2EdgeEngine
-from ..errors import ImageError, U2EdgeError
-from ..images import expand_inputs, read_image, write_image
+from ..errors import U2EdgeError
+from ..images import expand_inputs, read_image
 from ..render import Background, Mode, parse_color, render
-from .options import add_engine_option, add_json_option, add_render_options, print_json
+from ..video import ImageSequenceSource, PerFileSink, Pipeline, Stats
+from ..video.sources import CorruptFrame
+from .options import add_engine_option, add_json_option, add_render_options, open_engine, print_json
 from .progress import Progress
 
 log = logging.getLogger("u2edge")
@@ -81,39 +83,57 @@ def run(args: argparse.Namespace) -> int:
     problems += unsafe
     for line in problems:
         log.error("%s", line)
-    results = []
+    results, pipeline_stats, total = [], None, 0.0
     if jobs:
-        with U2EdgeEngine(args.engine) as engine:
+        with open_engine(args) as engine:
             log.debug("engine: %s", engine.describe())
             progress = Progress(len(jobs), "image", enabled=not args.quiet)
-            started = time.perf_counter()
-            for path, out in jobs:
-                t0 = time.perf_counter()
-                try:
-                    frame = read_image(path)
-                except ImageError as exc:
-                    log.error("%s", exc)
-                    problems.append(str(exc))
-                    progress.step(path.name)
-                    continue
-                height, width = frame.shape[:2]
-                rendered = render(frame, engine(frame), mode, background)
-                del frame  # a large frame need not stay in memory while its output is encoded
-                write_image(out, rendered)
-                results.append({"input": str(path), "output": str(out), "height": height, "width": width,
-                                "seconds": round(time.perf_counter() - t0, 4)})
-                progress.step(path.name)
-            progress.close()
-            total = time.perf_counter() - started
-    else:
-        total = 0.0
+            sink, stats, total = process(engine, jobs, mode, background, problems, progress)
+        # one latency per file written, in the same order: both are recorded by the output thread
+        results = [{"input": str(src), "output": str(out), "height": height, "width": width,
+                    "seconds": round(seconds, 4)}
+                   for (src, out, (height, width)), seconds in zip(sink.files, stats.latencies)]
+        pipeline_stats = stats.summary()
+        log.debug("stage ms/image: %s", ", ".join(f"{k} {v:.1f}" for k, v in pipeline_stats["stage_ms"].items()))
     summary = {"written": len(results), "failed": len(problems), "outdir": str(outdir), "mode": mode.value,
                "seconds": round(total, 3),
                "seconds_per_image": round(total / len(results), 4) if results else None,
-               "images": results, "errors": problems}
+               "images": results, "errors": problems, "pipeline": pipeline_stats}
     if args.json:
         print_json(summary)
     elif not args.quiet:
         per = f" ({summary['seconds_per_image'] * 1000:.0f} ms/image)" if results else ""
         print(f"{len(results)} written to {outdir} in {total:.1f} s{per}, {len(problems)} failed")
     return 1 if problems else 0
+
+
+def process(engine, jobs: list[tuple[Path, Path]], mode: Mode, background: Background | None,
+            problems: list[str], progress: Progress) -> tuple[PerFileSink, Stats, float]:
+    """Run the planned (input, output) jobs through the video pipeline, in order: decoding (the
+    capture thread), inference (this thread), then rendering and PNG encoding (the output thread)
+    overlap. An unreadable input is logged on one line and added to ``problems``; the others go on.
+    Returns the sink (what was written), the pipeline's stats, and the seconds it took."""
+
+    def unreadable(exc: CorruptFrame) -> None:  # called in the capture thread
+        log.error("%s", exc)
+        problems.append(str(exc))
+
+    def step(stats: Stats) -> None:  # called in this thread, after each inference
+        while progress.done < stats.processed + stats.corrupt:
+            progress.step()
+
+    sink = PerFileSink(jobs)
+    # queues of one: enough to overlap the three stages, and few large frames in memory at once
+    pipeline = Pipeline(ImageSequenceSource(f"{len(jobs)} images", [src for src, _ in jobs]), engine, sink,
+                        render=lambda frame, mask: render(frame, mask, mode, background), queue_size=1, retries=0,
+                        on_frame=step, on_corrupt=unreadable)
+    started = time.perf_counter()
+    try:
+        stats = pipeline.run()
+        step(stats)
+    finally:
+        progress.close()
+    if stats.error:  # an image list fails only frame by frame; this would be a source that stopped early
+        log.error("%s", stats.error)
+        problems.append(stats.error)
+    return sink, stats, time.perf_counter() - started

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from .pipeline import Pipeline, Stats
-from .sinks import Sink, open_sink
-from .sources import CaptureOptions, Source, open_source
+from .sinks import PerFileSink, Sink, open_sink
+from .sources import CaptureOptions, ImageSequenceSource, Source, open_source
 
-__all__ = ["stream", "Pipeline", "Stats", "Source", "Sink", "open_source", "open_sink", "CaptureOptions"]
+__all__ = ["stream", "Pipeline", "Stats", "Source", "Sink", "open_source", "open_sink", "CaptureOptions",
+           "ImageSequenceSource", "PerFileSink"]
 
 
 def stream(source: str | int | os.PathLike | Source, engine=None, **pipeline_options) -> Iterator[tuple[np.ndarray, np.ndarray]]:

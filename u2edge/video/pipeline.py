@@ -7,7 +7,8 @@ A live source keeps only its newest frame: a frame not yet taken when the next o
 dropped and counted, so latency stays bounded by one frame. Files and folders go through a
 bounded queue, losslessly and in order. Every stage times itself; memory is bounded by the queues.
 A failing source is retried with backoff (live ones reopened) a bounded number of times, then the
-stream ends cleanly; a corrupt frame is skipped and counted.
+stream ends cleanly; a corrupt frame is skipped and counted. A frame carries its source's tag (an
+image file's path) through to the sink, so that a sink can write each frame to its own file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Frame:
     image: np.ndarray  # HxWx3 uint8 BGR
     index: int  # position in the source, counting dropped and corrupt frames
     captured: float  # time.perf_counter() when it was read
+    tag: object = None  # what it came from, when its source says (an image file's path): for the sink
 
 
 @dataclass
@@ -123,17 +125,19 @@ class Pipeline:
 
     ``render(frame, mask) -> image`` is the custom stage; iterate (``for frame, mask in pipeline``)
     to get the masks instead of a sink. ``retries`` failed reads are retried, ``backoff`` seconds
-    apart and doubling, before the stream ends with ``stats.error`` set.
+    apart and doubling, before the stream ends with ``stats.error`` set. A corrupt frame is skipped
+    with a warning, or passed to ``on_corrupt(error)`` instead (called in the capture thread).
     """
 
     def __init__(self, source: Source, engine, sink: Sink | None = None, *,
                  render: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, queue_size: int = 4,
                  retries: int = 5, backoff: float = 0.25, max_frames: int | None = None,
-                 on_frame: Callable[[Stats], None] | None = None) -> None:
+                 on_frame: Callable[[Stats], None] | None = None,
+                 on_corrupt: Callable[[CorruptFrame], None] | None = None) -> None:
         self.source, self.engine, self.sink = source, engine, sink
         self.render = render
         self.retries, self.backoff, self.max_frames = retries, backoff, max_frames
-        self.on_frame = on_frame
+        self.on_frame, self.on_corrupt = on_frame, on_corrupt
         self.stats = Stats()
         self._stop = threading.Event()
         self._inbox = _Newest(self.stats) if source.live else queue.Queue(maxsize=queue_size)
@@ -154,7 +158,10 @@ class Pipeline:
                 except CorruptFrame as exc:
                     stats.corrupt += 1
                     index += 1
-                    log.warning("skipping a corrupt frame: %s", exc)
+                    if self.on_corrupt:
+                        self.on_corrupt(exc)
+                    else:
+                        log.warning("skipping a corrupt frame: %s", exc)
                     continue
                 except (SourceError, OSError) as exc:
                     if failures >= self.retries:
@@ -179,7 +186,7 @@ class Pipeline:
                 failures = 0
                 stats.add("capture", time.perf_counter() - t0)
                 stats.captured += 1
-                self._put(self._inbox, Frame(image, index, time.perf_counter()))
+                self._put(self._inbox, Frame(image, index, time.perf_counter(), self.source.tag))
                 index += 1
         except BaseException as exc:  # a bug in a source: end the stream and report it
             self._errors.append(exc)
@@ -228,6 +235,7 @@ class Pipeline:
             if item is _END:
                 return
             yield item
+            del item  # not held while waiting for the next frame
 
     # --- render and write ----------------------------------------------------------------------
     def _output(self) -> None:
@@ -241,11 +249,17 @@ class Pipeline:
                 t0 = time.perf_counter()
                 image = self.render(frame.image, mask) if self.render else mask
                 t1 = time.perf_counter()
-                self.sink.write(image, stats.hud())
+                tag, captured = frame.tag, frame.captured
+                del item, frame, mask  # a large frame and its mask are not held while the output is encoded
+                if tag is None:
+                    self.sink.write(image, stats.hud())
+                else:
+                    self.sink.write(image, stats.hud(), tag=tag)
+                del image
                 stats.add("render", t1 - t0)
                 stats.add("write", time.perf_counter() - t1)
                 stats.written += 1
-                stats.latencies.append(time.perf_counter() - frame.captured)
+                stats.latencies.append(time.perf_counter() - captured)
         except BaseException as exc:  # StopStream, a full disk: stop everything, report it in run()
             self._errors.append(exc)
             self._stop.set()
@@ -286,6 +300,7 @@ class Pipeline:
                     break
                 mask = self._infer(frame)
                 self._put(self._outbox, (frame, mask))
+                del frame, mask  # the output thread owns them now
                 if self.on_frame:
                     self.on_frame(self.stats)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop taking frames, keep what is done

@@ -1,8 +1,9 @@
-"""Frame sinks by URI: ``display://0`` (an OpenCV window), a video file, a folder of PNGs, ``null``.
+"""Frame sinks by URI: ``display://0`` (an OpenCV window), a video file, a folder of PNGs, ``null``;
+and ``PerFileSink``, which writes each frame to the output planned for the image file it came from.
 
 Files are complete or absent: a video is written to a hidden temporary file beside its target,
 checked when it is closed (its frame count read back from the container), and only then renamed
-into place; PNG frames are each written atomically. ``close()`` finalizes what was written so
+into place; PNG frames and per-file outputs are each written atomically. ``close()`` finalizes what was written so
 far (a stopped stream keeps its frames); ``abort()`` removes it.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import abc
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,8 @@ from ..images import write_image
 from ..render import flatten
 from .sources import VIDEO_SUFFIXES
 
-__all__ = ["Sink", "NullSink", "FolderSink", "VideoFileSink", "DisplaySink", "open_sink", "StopStream"]
+__all__ = ["Sink", "NullSink", "FolderSink", "VideoFileSink", "DisplaySink", "PerFileSink", "open_sink",
+           "StopStream"]
 
 _FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v"}
 
@@ -36,8 +39,10 @@ class Sink(abc.ABC):
     written = 0
 
     @abc.abstractmethod
-    def write(self, image: np.ndarray, hud: str = "") -> None:
-        """Write one rendered frame; ``hud`` is a status line for sinks that show it."""
+    def write(self, image: np.ndarray, hud: str = "", tag: object = None) -> None:
+        """Write one rendered frame; ``hud`` is a status line for sinks that show it, ``tag`` what
+        the frame came from where its source says (an image file's path; the pipeline passes it
+        only then)."""
 
     def close(self) -> None:
         """Finalize what was written; calling it twice is harmless."""
@@ -50,7 +55,7 @@ class Sink(abc.ABC):
 class NullSink(Sink):
     uri = "null"
 
-    def write(self, image: np.ndarray, hud: str = "") -> None:
+    def write(self, image: np.ndarray, hud: str = "", tag: object = None) -> None:
         self.written += 1
 
 
@@ -63,7 +68,7 @@ class FolderSink(Sink):
         if not os.access(folder, os.W_OK):
             raise OutputError(f"cannot write to the sink folder {folder}: permission denied")
 
-    def write(self, image: np.ndarray, hud: str = "") -> None:
+    def write(self, image: np.ndarray, hud: str = "", tag: object = None) -> None:
         write_image(self.folder / f"frame_{self.written:06d}.png", image)
         self.written += 1
 
@@ -87,7 +92,7 @@ class VideoFileSink(Sink):
         self._writer = None
         self._size: tuple[int, int] | None = None
 
-    def write(self, image: np.ndarray, hud: str = "") -> None:
+    def write(self, image: np.ndarray, hud: str = "", tag: object = None) -> None:
         cv2 = require("cv2")
         image = flatten(image)  # a video holds no alpha: cutouts go over a checkerboard
         if self._writer is None:
@@ -141,6 +146,32 @@ class VideoFileSink(Sink):
             self._tmp = None
 
 
+class PerFileSink(Sink):
+    """Each frame to the output planned for its source file (the frame's tag), written atomically:
+    complete or absent. ``outputs`` pairs (input, output); an output that is one of the inputs is
+    refused before anything is written. ``files`` lists (input, output, (height, width)) as written;
+    each file stands on its own, so ``abort()`` keeps those already written."""
+
+    def __init__(self, outputs: Iterable[tuple[Path, Path]]) -> None:
+        self.outputs = {Path(src): Path(out) for src, out in outputs}
+        inputs = {src.resolve() for src in self.outputs}
+        for src, out in self.outputs.items():
+            if out.resolve() in inputs:
+                raise OutputError(f"{src}: its output {out} is an input; refusing to overwrite it")
+        folders = {str(out.parent) for out in self.outputs.values()}
+        self.uri = folders.pop() if len(folders) == 1 else f"{len(self.outputs)} planned files"
+        self.files: list[tuple[Path, Path, tuple[int, int]]] = []
+
+    def write(self, image: np.ndarray, hud: str = "", tag: object = None) -> None:
+        out = self.outputs.get(tag) if tag is not None else None
+        if out is None:
+            raise ValueError(f"PerFileSink has no output planned for a frame tagged {tag!r}; its source must "
+                             "tag each frame with one of the planned inputs (as ImageSequenceSource does)")
+        write_image(out, image)
+        self.files.append((tag, out, image.shape[:2]))
+        self.written += 1
+
+
 def _free_bytes(folder: Path) -> int | None:
     try:
         stat = os.statvfs(folder)
@@ -164,7 +195,7 @@ class DisplaySink(Sink):
                               "video file, a folder or null as the sink")
         self._open = False
 
-    def write(self, image: np.ndarray, hud: str = "") -> None:
+    def write(self, image: np.ndarray, hud: str = "", tag: object = None) -> None:
         cv2 = require("cv2")
         image = flatten(image)
         if hud:

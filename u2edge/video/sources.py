@@ -10,6 +10,7 @@
 Live sources (cameras, CSI, RTSP, GStreamer) can fail and be reopened; files and folders are read
 once, losslessly and in order. ``read()`` returns an HxWx3 uint8 BGR frame, None at the end, raises
 ``CorruptFrame`` for one frame that cannot be decoded, and ``SourceError`` when the source stops.
+After each read, ``tag`` says what the frame came from where a source knows (an image's path).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Source(abc.ABC):
     live: bool  # live: keep only the newest frame, reopen on failure; else lossless and ordered
     fps: float | None = None
     count: int | None = None  # frames, when known in advance
+    tag: object = None  # what the frame last read came from (an image file's path); the pipeline hands it to the sink
 
     @abc.abstractmethod
     def read(self) -> np.ndarray | None:
@@ -125,7 +127,8 @@ class CaptureSource(Source):
 
 
 class ImageSequenceSource(Source):
-    """Images of a folder or a glob, in sorted order; an unreadable one is a ``CorruptFrame``."""
+    """Image files in the order given (a folder's or a glob's are sorted), each read once; ``tag``
+    is the path of the image last read. An unreadable one is a ``CorruptFrame`` that names it."""
 
     live = False
 
@@ -140,10 +143,12 @@ class ImageSequenceSource(Source):
             return None
         path = self.paths[self._next]
         self._next += 1
+        self.tag = path
         try:
             return read_image(path)
         except ImageError as exc:
-            raise CorruptFrame(str(exc)) from exc
+            text = str(exc)
+            raise CorruptFrame(text if text.startswith(f"{path}: ") else f"{path}: {text}") from exc
 
 
 def _video_devices() -> list[str]:
