@@ -36,9 +36,8 @@ MODELS = [pytest.param("u2netp"), pytest.param("u2net", marks=pytest.mark.slow)]
 def test_auto_chooses_per_cpu_feature_set(model, features, want):
     """INT8 on VNNI and AMX where the shipped INT8 model passed the gate, else FP32; the reason
     carries the accuracy measured when the file was made."""
-    params = int8_params(model)
-    measured, gate = params["measured"], params["gate"]
-    int8_passed = measured["min_iou"] >= gate["min_iou"] and measured["mean_mae"] <= gate["max_mae"]
+    measured = int8_params(model)["measured"]
+    int8_passed = passes(measured)
     choice = choose_precision(model, "auto", openvino=True, features=features)
     assert choice.reason.startswith("auto: ")
     if want is Precision.INT8:
@@ -110,7 +109,7 @@ def test_auto_passes_the_gate_on_photos_that_never_calibrated(model, held_out):
 def test_shipped_quantization_file_is_what_the_script_makes(model, photo_dir):
     """The ranges, the float layers and the scheme are reproduced here from the photos; the float
     layers the search chose are taken from the file (the search itself runs minutes), and the model
-    they make passes the gate on this CPU."""
+    they make passes the gate on this CPU wherever auto would run it."""
     shipped = int8_params(model)
     made = make_params(model, photos=photo_dir, keep_float=shipped["keep_float"])
     assert made["ranges"].keys() == shipped["ranges"].keys()
@@ -118,8 +117,12 @@ def test_shipped_quantization_file_is_what_the_script_makes(model, photo_dir):
         assert made["ranges"][layer] == pytest.approx(value, rel=1e-3), layer
     for key in set(shipped) - {"ranges", "measured"}:
         assert made[key] == shipped[key], key
-    gate = Gate()
-    assert made["measured"]["min_iou"] >= gate.min_iou and made["measured"]["mean_mae"] <= gate.max_mae
+    if passes(shipped["measured"]):  # auto runs it on VNNI/AMX, so it must pass here too
+        assert passes(made["measured"]), f"{model} INT8 on {cpu_features().name}: {made['measured']}"
+
+
+def passes(measured: dict, gate: Gate = Gate()) -> bool:
+    return measured["min_iou"] >= gate.min_iou and measured["mean_mae"] <= gate.max_mae
 
 
 @pytest.fixture
