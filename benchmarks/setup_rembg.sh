@@ -13,5 +13,5 @@ if [ -x "$target/bin/python" ] && "$target/bin/python" -c 'import rembg' 2>/dev/
 fi
 rm -rf "$target"
 "$python" -m venv "$target"
-"$target/bin/pip" install --quiet --disable-pip-version-check "rembg[cpu]==2.0.86"
+"$target/bin/pip" install --quiet --disable-pip-version-check "rembg[cpu,cli]==2.0.86"
 echo "rembg environment ready at $target"

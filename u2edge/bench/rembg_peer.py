@@ -3,8 +3,9 @@
     PEER_PYTHON rembg_peer.py SPEC.json RESULT.json
 
 It imports only rembg, PIL, numpy, the standard library and the stdlib-only ``timing.py`` beside
-it, and writes the same RESULT as ``u2edge.bench.worker``. U2NET_HOME must hold the official
-``u2netp.onnx``: the script refuses to start rather than let rembg download anything.
+it, and writes the same RESULT as ``u2edge.bench.worker``. SPEC's model ("u2netp" or "u2net")
+is the rembg model name, and U2NET_HOME must hold its official ONNX (``u2edge.bench.run.rembg_home``
+links it there): the script refuses to start rather than let rembg download anything.
 """
 
 import json
@@ -21,23 +22,25 @@ from timing import measure, peak_rss_mb  # noqa: E402
 def main(argv):
     spec_path, result_path = argv[:2]
     spec = json.loads(Path(spec_path).read_text())
+    model = spec["model"]
     home = Path(os.environ.get("U2NET_HOME", ""))
-    if not (home / "u2netp.onnx").is_file():
-        sys.exit(f"rembg_peer: U2NET_HOME={home} holds no u2netp.onnx; refusing to let rembg download it")
+    if not (home / f"{model}.onnx").is_file():
+        sys.exit(f"rembg_peer: U2NET_HOME={home} holds no {model}.onnx; refusing to let rembg download it")
 
     import numpy as np
     import onnxruntime
     import rembg
     from PIL import Image
 
-    session = rembg.new_session("u2netp")
+    session = rembg.new_session(model)
     paths = [Path(p) for p in spec["images"]]
     images = [Image.open(p).convert("RGB") for p in paths]
     inner = session.inner_session
     name = inner.get_inputs()[0].name
     tensors = [session.normalize(im, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (320, 320))[name]
                for im in images]
-    out = {"describe": f"rembg {version('rembg')} (onnxruntime {onnxruntime.__version__}, cpu, fp32)"}
+    out = {"describe": f"rembg {version('rembg')} {model} (onnxruntime {onnxruntime.__version__}, cpu, fp32)",
+           "path": str(home / f"{model}.onnx")}
     out["inference"] = measure(lambda x: inner.run(None, {name: x}), tensors, spec["repeats"])
     out["batches"] = {}
     written = Path(result_path).parent

@@ -2,10 +2,11 @@
 
     python -m u2edge.bench.worker SPEC.json RESULT.json
 
-SPEC names the kind ("u2edge": a model file on a u2edge backend; "torch": the official-style
-PyTorch eager pipeline), the images, the repeats and the batch sizes. RESULT gets the inference
-latencies, the batch throughputs, the end-to-end timings (decode to encoded PNG, as
-``u2edge image`` does it), the peak memory, and the path of an .npz holding every image's mask.
+SPEC names the kind ("u2edge": a model file on a u2edge backend, or with no file the official
+model by name at ``--precision auto``; "torch": the official-style PyTorch eager pipeline), the
+images, the repeats and the batch sizes. RESULT gets the inference latencies, the batch
+throughputs, the end-to-end timings (decode to encoded PNG, as ``u2edge image`` does it), the peak
+memory, the model file that ran, and the path of an .npz holding every image's mask.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ def _u2edge(spec: dict, out: dict) -> dict[str, np.ndarray]:
     from ..render import render
 
     paths = [Path(p) for p in spec["images"]]
-    with U2EdgeEngine(spec["model"], backend=spec.get("backend"), **spec.get("options", {})) as engine, \
-            tempfile.TemporaryDirectory(prefix="u2edge-bench-") as tmp:
-        out["describe"] = engine.backend.describe()
+    if spec["path"] is None:  # the default: the model by name, at the precision auto picks here
+        engine = U2EdgeEngine(model=spec["model"], precision="auto", **spec.get("options", {}))
+    else:
+        engine = U2EdgeEngine(spec["path"], backend=spec.get("backend"), **spec.get("options", {}))
+    with engine, tempfile.TemporaryDirectory(prefix="u2edge-bench-") as tmp:
+        out["describe"], out["path"] = engine.describe(), str(engine.path)
         frames = [read_image(p) for p in paths]
         inputs = [preprocess(f, engine.preprocessing)[None] for f in frames]
         out["inference"] = measure(engine.backend.infer, inputs, spec["repeats"])
@@ -63,7 +67,8 @@ def _torch(spec: dict, out: dict) -> dict[str, np.ndarray]:
 
     from ..model import from_file
 
-    model = from_file(spec["model"])
+    model = from_file(spec["path"])
+    out["path"] = spec["path"]
     out["describe"] = f"torch {torch.__version__} eager (cpu, fp32, {torch.get_num_threads()} threads)"
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
