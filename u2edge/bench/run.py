@@ -24,6 +24,7 @@ import numpy as np
 from .. import __version__
 from .._deps import available
 from ..errors import U2EdgeError
+from ..export.cpu_int8 import HELD_OUT_PHOTOS
 from ..metrics import agreement
 from ..sidecar import read_sidecar
 from ..weights import WEIGHTS, cache_dir, default_onnx
@@ -33,8 +34,8 @@ __all__ = ["Config", "BenchOptions", "MODELS", "configurations", "run", "rembg_p
 log = logging.getLogger("u2edge")
 
 MODELS = tuple(WEIGHTS)  # every official model: u2netp, u2net
-# measured: scikit-image's colour photos with a subject (the INT8 quantization files hold them out)
-PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+# measured: scikit-image's colour photos with a subject, which the INT8 quantization files hold out
+PHOTOS = HELD_OUT_PHOTOS
 
 
 @dataclass
