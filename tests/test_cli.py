@@ -73,7 +73,7 @@ def test_cutout_and_background_modes(tmp_path, photo_paths, engine, photos):
     assert cut.shape == (512, 512, 4)
     want = np.rint(engine(photos[astronaut.name]) * 255)
     assert np.abs(cut[:, :, 3].astype(int) - want).max() <= 1
-    run_cli("image", astronaut, "-o", tmp_path / "green", "--bg-color", "0,255,0")
+    run_cli("image", astronaut, "-o", tmp_path / "green", "--bg-color", "0,255,0", "--precision", "fp32")
     green = cv2.imread(str(tmp_path / "green" / "astronaut.png"))
     assert green.shape == (512, 512, 3) and (green[cut[:, :, 3] == 0] == (0, 255, 0)).all()
     run_cli("image", astronaut, "-o", tmp_path / "bg", "--bg-image", photo_paths[2])

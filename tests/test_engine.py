@@ -28,10 +28,15 @@ def test_mask_shape_range_and_content(engine, photos):
         assert 0.01 < (mask > 0.5).mean() < 0.95, name  # a subject (the rocket covers 2%), not empty or full
 
 
-def test_default_engine_is_the_official_u2netp(official_onnx):
+def test_default_engine_is_the_official_u2netp_at_auto(official_onnx):
+    from u2edge.cpu import choose_precision, model_file
+
     with U2EdgeEngine() as eng:
-        assert eng.path == official_onnx
+        assert eng.choice == choose_precision("u2netp")  # INT8 on VNNI/AMX, else FP32
+        assert eng.path == model_file(eng.choice)
         assert eng.preprocessing.imgsz == 320
+    with U2EdgeEngine(precision="fp32") as eng:
+        assert eng.path == official_onnx
 
 
 def test_batch_of_mixed_sizes_equals_single_calls(engine, photos):
