@@ -6,7 +6,8 @@
 It calibrates the official ONNX on 15 scikit-image photos (MinMax: U-2-Net's largest activations
 carry the salient signal, so nothing is clipped) and keeps in float the layers the accuracy gate
 needs, found on 5 other photos that never calibrate: the OpenVINO INT8 model is scored against the
-FP32 masks, and when it misses the gate with a margin (so that other CPUs pass it too), a
+FP32 masks on those 5 (the gate with a margin, so that other CPUs pass it too) and on the 15
+calibration photos too (the gate itself: a user's folder holds such photos). Where it misses, a
 sensitivity pass runs each conv alone in INT8 on the hardest photos, and the most damaging stay in
 float, a few more at a time; then the costliest of those go back to INT8 one by one wherever the
 gate still passes without them. The file holds the ranges, the float layers and what was measured;
@@ -41,7 +42,7 @@ from ..weights import WEIGHTS, default_onnx
 from .precision import Gate, conv_macs
 from .quantize import calibrate
 
-__all__ = ["CALIBRATION_PHOTOS", "HELD_OUT_PHOTOS", "MARGIN", "make_params", "main"]
+__all__ = ["CALIBRATION_PHOTOS", "HELD_OUT_PHOTOS", "MARGIN", "passes_gate", "make_params", "main"]
 
 log = logging.getLogger("u2edge")
 
@@ -80,12 +81,26 @@ class OpenVinoScorer:
             backend.close()
 
     def score(self, proto, names: Sequence[str] | None = None, inference: str = "f32") -> dict:
-        per_image = {name: agreement(mask, self.reference[name])
-                     for name, mask in self.masks(proto, names, inference).items()}
-        ious = [v["iou"] for v in per_image.values() if v["subject"]]
-        return {"min_iou": round(min(ious, default=1.0), 4),
-                "mean_mae": round(float(np.mean([v["mae"] for v in per_image.values()])), 5),
-                "per_image": {k: {"iou": round(v["iou"], 4), "mae": round(v["mae"], 5)} for k, v in per_image.items()}}
+        """Per image: IoU, MAE and whether the FP32 mask has a subject."""
+        return {name: agreement(mask, self.reference[name])
+                for name, mask in self.masks(proto, names, inference).items()}
+
+
+def summary(per_image: dict, names: Sequence[str] | None = None) -> dict:
+    """Min IoU over the images with a subject and mean MAE over all, among ``names``."""
+    chosen = {k: v for k, v in per_image.items() if names is None or k in names}
+    ious = [v["iou"] for v in chosen.values() if v["subject"]]
+    return {"min_iou": round(min(ious, default=1.0), 4),
+            "mean_mae": round(float(np.mean([v["mae"] for v in chosen.values()])), 5)}
+
+
+def passes_gate(per_image: dict, gate: Gate = Gate()) -> bool:
+    """The search's gate: on the held-out photos with the margin, and on every photo with a subject
+    (the calibration ones too: a user's folder holds such photos) without it. ``auto`` runs the
+    INT8 model only where it passed this when the file was made."""
+    held, every = summary(per_image, HELD_OUT_PHOTOS), summary(per_image)
+    return (held["min_iou"] >= gate.min_iou + MARGIN and held["mean_mae"] <= gate.max_mae
+            and every["min_iou"] >= gate.min_iou and every["mean_mae"] <= gate.max_mae)
 
 
 def make_params(model: str, *, photos: Path | None = None, keep_float: Sequence[str] | None = None,
@@ -110,13 +125,19 @@ def make_params(model: str, *, photos: Path | None = None, keep_float: Sequence[
     def graph(floats: Sequence[str]):
         return quantize(fp32, rounded, keep_float=[by_layer[k] for k in floats], unsigned=positive)
 
-    scorer = OpenVinoScorer(fp32, {name: read_image(photos / name) for name in HELD_OUT_PHOTOS}, spec)
+    every = HELD_OUT_PHOTOS + CALIBRATION_PHOTOS
+    scorer = OpenVinoScorer(fp32, {name: read_image(photos / name) for name in every}, spec)
     search: list[dict] = []
     if keep_float is None:
         macs = {names[node]: count for node, count in conv_macs(fp32).items()}
         keep_float = _search(graph, scorer, signed, [names[n.name] for n in convs if names[n.name] not in signed],
                              macs, gate, search, progress)
-    measured = scorer.score(graph(keep_float))
+    per_image = scorer.score(graph(keep_float))
+    measured = {**summary(per_image, HELD_OUT_PHOTOS), "images": list(HELD_OUT_PHOTOS),
+                "passed": passes_gate(per_image, gate),
+                "all_photos": {**summary(per_image), "images": list(every)},
+                "per_image": {k: {"iou": round(v["iou"], 4), "mae": round(v["mae"], 5), "subject": v["subject"]}
+                              for k, v in per_image.items()}}
     features = cpu_features()
     openvino = require("openvino")
     return {
@@ -129,7 +150,7 @@ def make_params(model: str, *, photos: Path | None = None, keep_float: Sequence[
         "ranges": ranges,
         "keep_float": list(keep_float),
         "gate": {"min_iou": gate.min_iou, "max_mae": gate.max_mae, "search_margin": MARGIN},
-        "measured": {**measured, "images": list(HELD_OUT_PHOTOS), "cpu": features.name,
+        "measured": {**measured, "cpu": features.name,
                      "cpu_int8": features.int8, "openvino": openvino.__version__.split("-")[0],
                      "u2edge": __version__, "search": search},
     }
@@ -137,49 +158,53 @@ def make_params(model: str, *, photos: Path | None = None, keep_float: Sequence[
 
 def _search(graph, scorer: OpenVinoScorer, signed: list[str], candidates: list[str], macs: dict[str, int],
             gate: Gate, search: list[dict], progress) -> list[str]:
-    strict = Gate(gate.min_iou + MARGIN, gate.max_mae)
+    """The float layers the gate needs (see ``passes``)."""
+    def passes(per_image: dict) -> bool:
+        return passes_gate(per_image, gate)
 
-    def passes(score: dict) -> bool:
-        return score["min_iou"] >= strict.min_iou and score["mean_mae"] <= strict.max_mae
+    def record(keep: list[str], per_image: dict, what: str) -> None:
+        held, every = summary(per_image, HELD_OUT_PHOTOS), summary(per_image)
+        search.append({"keep": list(keep), "held_out": held, "all_photos": every})
+        log.info("%s: held out min IoU %.4f, MAE %.4f; all photos min IoU %.4f, MAE %.4f", what, held["min_iou"],
+                 held["mean_mae"], every["min_iou"], every["mean_mae"])
 
     naive = scorer.score(graph(signed))
-    search.append({"keep": list(signed), "min_iou": naive["min_iou"], "mean_mae": naive["mean_mae"]})
-    log.info("all %d convs INT8: min IoU %.4f, mean MAE %.4f", len(candidates), naive["min_iou"], naive["mean_mae"])
+    record(signed, naive, f"all {len(candidates)} convs INT8")
     if passes(naive):
         return signed
-    hardest = sorted(naive["per_image"], key=lambda k: naive["per_image"][k]["iou"])[:2]
+    with_subject = [k for k, v in naive.items() if v["subject"]]
+    hardest = sorted(with_subject, key=lambda k: naive[k]["iou"])[:2]
     damage = {}
     for i, conv in enumerate(candidates):
-        alone = scorer.score(graph(signed + [c for c in candidates if c != conv]), hardest)
+        alone = summary(scorer.score(graph(signed + [c for c in candidates if c != conv]), hardest))
         damage[conv] = (1.0 - alone["min_iou"]) + 10.0 * alone["mean_mae"]
         progress("sensitivity", i + 1, len(candidates))
     order = sorted(candidates, key=lambda c: -damage[c])
     best = None
     for step, k in enumerate(_KEEP_STEPS):
         keep = signed + order[:k]
-        score = scorer.score(graph(keep))
-        search.append({"keep": keep, "min_iou": score["min_iou"], "mean_mae": score["mean_mae"]})
+        per_image = scorer.score(graph(keep))
+        record(keep, per_image, f"keeping {keep} in float")
         progress("gate search", step + 1, len(_KEEP_STEPS))
-        log.info("keeping %s in float: min IoU %.4f, mean MAE %.4f", keep, score["min_iou"], score["mean_mae"])
-        if passes(score):
-            return _prune(graph, scorer, signed, keep, macs, passes, search)
-        if best is None or score["min_iou"] > best[0]:
-            best = (score["min_iou"], keep)
+        if passes(per_image):
+            return _prune(graph, scorer, signed, keep, macs, passes, record)
+        worst = summary(per_image)["min_iou"]
+        if best is None or worst > best[0]:
+            best = (worst, keep)
     log.warning("no search step passed the gate with its margin; keeping the best: %s", best[1])
     return best[1]
 
 
 def _prune(graph, scorer: OpenVinoScorer, signed: list[str], keep: list[str], macs: dict[str, int], passes,
-           search: list[dict]) -> list[str]:
+           record) -> list[str]:
     """Give the costliest float layers back to INT8, one at a time, where the gate still passes:
     layers added for their damage alone may not all be needed together, and a full-resolution
     conv in float costs a tenth of U2-NetP's time."""
     for layer in sorted(keep[len(signed):], key=lambda k: -macs.get(k, 0)):
         trial = [k for k in keep if k != layer]
-        score = scorer.score(graph(trial))
-        search.append({"keep": trial, "min_iou": score["min_iou"], "mean_mae": score["mean_mae"]})
-        log.info("without %s in float: min IoU %.4f, mean MAE %.4f", layer, score["min_iou"], score["mean_mae"])
-        if passes(score):
+        per_image = scorer.score(graph(trial))
+        record(trial, per_image, f"without {layer} in float")
+        if passes(per_image):
             keep = trial
     return keep
 
@@ -198,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output or params_path(args.model)
     write_bytes_atomic(out, (json.dumps(params, indent=1) + "\n").encode())
     measured = params["measured"]
-    print(f"{out}: {len(params['keep_float'])} layers in float ({', '.join(params['keep_float'])}); "
-          f"min IoU {measured['min_iou']:.4f}, mean MAE {measured['mean_mae']:.4f} on {measured['cpu']} "
+    print(f"{out}: {len(params['keep_float'])} layers in float ({', '.join(params['keep_float'])}); held out: "
+          f"min IoU {measured['min_iou']:.4f}, mean MAE {measured['mean_mae']:.4f}; all photos: min IoU "
+          f"{measured['all_photos']['min_iou']:.4f}; {'passed' if measured['passed'] else 'MISSED'} the gate on "
+          f"{measured['cpu']} "
           f"in {time.perf_counter() - started:.0f} s")
     return 0
 
