@@ -18,11 +18,19 @@ pytest.importorskip("openvino", reason="the bench's CPU fast-path rows need Open
 
 
 @pytest.fixture(scope="module")
-def own_int8():
-    """A CPU INT8 model of u2netp with its sidecar, as --int8-model takes it: the one auto makes (seconds)."""
-    from u2edge.cpu import int8_model
+def own_int8(tmp_path_factory):
+    """A user's CPU INT8 model of u2netp, as --int8-model takes it, with a dynamic batch: the one auto
+    makes (seconds), its batch loosened by a graph edit (its metadata names the model)."""
+    import onnx
 
-    return int8_model("u2netp")
+    from u2edge.cpu import int8_model
+    from u2edge.onnxgraph import set_image_shape
+
+    proto = onnx.load(str(int8_model("u2netp")))
+    set_image_shape(proto.graph, "batch", 320)
+    path = tmp_path_factory.mktemp("int8") / "u2netp_int8_dynamic.onnx"
+    onnx.save(proto, str(path))
+    return path
 
 
 def auto_row(model: str) -> str:
@@ -53,9 +61,9 @@ def test_bench_u2netp_rows_json_table_and_plot(own_int8, photo_paths, tmp_path):
         inf, e2e = row["inference"], row["end_to_end"]
         assert 0 < inf["p50_ms"] <= inf["p90_ms"] <= inf["p99_ms"] and e2e["images_per_s"] > 0
         assert row["peak_rss_mb"] > 50 and row["vs"] == {}
-    # the official ONNX has a fixed batch of 1, so batch 2 cannot run on it (the table says so); the INT8
-    # model auto makes has a dynamic batch
-    assert ref["fixed_batch"] == fp32["fixed_batch"] == 1 and int8["fixed_batch"] is None
+    # the official ONNX and the INT8 model auto makes have a fixed batch of 1, so batch 2 cannot run on
+    # them (the table says so); a model from u2edge build has a dynamic batch
+    assert ref["fixed_batch"] == fp32["fixed_batch"] == auto["fixed_batch"] == 1 and int8["fixed_batch"] is None
     fixed = [row for row in rows.values() if row["fixed_batch"] == 1]
     assert all(row["batches"] == {} for row in fixed)
     assert all(list(row["batches"]) == ["2"] for row in rows.values() if row not in fixed)
