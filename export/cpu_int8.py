@@ -20,6 +20,7 @@ the float layers, is taken from the file there: the search runs minutes, the res
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -218,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
     params = make_params(args.model)
-    import json
-
     out = args.output or params_path(args.model)
     write_bytes_atomic(out, (json.dumps(params, indent=1) + "\n").encode())
     measured = params["measured"]

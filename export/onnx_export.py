@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..config import wrong_arch_error
+from .. import onnxgraph as graph
 from .._deps import require
+from ..config import wrong_arch_error
 from ..errors import U2EdgeError, WeightsError
 from ..onnx_weights import onnx_arch
+from ..onnxgraph import OUTPUT_NAMES
 from ..processing import METADATA_PREFIX, Preprocessing
 from ..weights import default_onnx, sha256_file
-from .. import onnxgraph as graph
-from ..onnxgraph import OUTPUT_NAMES
 
 __all__ = ["OUTPUT_NAMES", "ExportResult", "check_imgsz", "export_onnx"]
 

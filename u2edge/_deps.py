@@ -18,7 +18,8 @@ _HINTS: dict[str, tuple[str, str]] = {
     "onnx": ("ONNX graph editing and export", "pip install 'u2edge[export]'"),
     "onnxruntime": ("the ONNX Runtime backend", "pip install onnxruntime (Jetson: onnxruntime-gpu from NVIDIA's Jetson Zoo)"),
     "onnxconverter_common": ("FP16 engines", "pip install 'u2edge[export]'"),
-    "openvino": ("the OpenVINO backend (the CPU fast path)", "pip install openvino (a base dependency of u2edge on x86-64)"),
+    "openvino": ("the OpenVINO backend (the CPU fast path)",
+                 "pip install openvino (a base dependency of u2edge on x86-64)"),
     "matplotlib": ("the benchmark plot", "pip install matplotlib"),
     "cv2": ("images and video", "pip install opencv-python (Jetson: JetPack's python3-opencv)"),
 }

@@ -31,8 +31,8 @@ from .processing import METADATA_PREFIX
 from .sidecar import RUNTIME_PRECISIONS, Precision, identity_hash, read_sidecar, write_sidecar
 from .weights import WEIGHTS, cache_dir, default_onnx, get_weights, sha256_file
 
-__all__ = ["CpuFeatures", "cpu_features", "Choice", "choose_precision", "check_bf16", "int8_params", "params_path", "int8_model",
-           "model_file", "PARAMS_FORMAT"]
+__all__ = ["CpuFeatures", "cpu_features", "Choice", "choose_precision", "check_bf16", "int8_params", "params_path",
+           "int8_model", "model_file", "PARAMS_FORMAT"]
 
 log = logging.getLogger("u2edge")
 

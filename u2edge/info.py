@@ -15,9 +15,9 @@ import sys
 
 from . import __version__
 from .backends import SUFFIXES, choose
-from .native import status as native_status
 from .cpu import choose_precision, cpu_features
 from .errors import U2EdgeError
+from .native import status as native_status
 from .weights import WEIGHTS, cached_path
 
 __all__ = ["collect", "opencv_features"]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ._files import write_bytes_atomic
 
-__all__ = ["Precision", "BUILD_PRECISIONS", "RUNTIME_PRECISIONS", "identity_hash", "sidecar_path", "read_sidecar", "write_sidecar", "rebuild_command",
-           "check_engine", "check_device"]
+__all__ = ["Precision", "BUILD_PRECISIONS", "RUNTIME_PRECISIONS", "identity_hash", "sidecar_path", "read_sidecar",
+           "write_sidecar", "rebuild_command", "check_engine", "check_device"]
 
 
 class Precision(str, enum.Enum):

@@ -31,7 +31,8 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     requires = "openvino"
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, inference_precision: str = "f32") -> None:
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
+                 inference_precision: str = "f32") -> None:
         if inference_precision not in ("f32", "bf16"):
             raise ModelFormatError(f"OpenVINO inference precision {inference_precision!r}; use f32 or bf16")
         ov = require("openvino")

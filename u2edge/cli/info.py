@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         ("tensorrt_rtx", info["tensorrt_rtx"] or missing),
         ("cuda-python", info["cuda_python"] or missing),
         ("pycuda", info["pycuda"] or missing),
-        ("cpu", f"{cpu['name']}, {cpu['cores']} cores ({', '.join(cpu['int8_features'] + cpu['bf16_features']) or 'no VNNI/AMX, no BF16'})"),
+        ("cpu", f"{cpu['name']}, {cpu['cores']} cores "
+                f"({', '.join(cpu['int8_features'] + cpu['bf16_features']) or 'no VNNI/AMX, no BF16'})"),
         ("gpus", ", ".join(info["gpus"]) or "none found"),
         ("backends", ", ".join(f"{s} -> {m}" for s, m in info["backends"].items())),
         ("cpu fast path", _fast_path(info)),
