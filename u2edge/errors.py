@@ -6,6 +6,8 @@ prints ``U2EdgeError`` as that line and exits 1; any other exception is a bug.
 
 from __future__ import annotations
 
+from typing import Callable  # collections.abc.Callable cannot be subscripted on 3.8
+
 __all__ = [
     "U2EdgeError",
     "MissingDependencyError",
@@ -19,8 +21,30 @@ __all__ = [
 ]
 
 
+Spell = Callable[[str], str]  # a parameter's Python name -> how the caller spells it
+
+
 class U2EdgeError(Exception):
-    """Base class of every error that a user can cause and fix."""
+    """Base class of every error that a user can cause and fix.
+
+    The library speaks in parameters: a message that names one is given as a function of
+    ``spell`` and names it ``spell("calib_dir")``. ``str(error)`` reads "calib_dir", as a Python
+    caller wrote it; the CLI renders ``error.message(flag)`` with its flag, "--calib-dir".
+
+        raise U2EdgeError(lambda spell: f"{spell('calib_dir')} {folder} is not a folder")
+    """
+
+    def __init__(self, message: "str | Callable[[Spell], str]" = "", *args) -> None:
+        self._message = message if callable(message) else None
+        super().__init__(message(_python_name) if callable(message) else message, *args)
+
+    def message(self, spell: Spell) -> str:
+        """The message with each parameter named by ``spell`` (the CLI passes its flags)."""
+        return self._message(spell) if self._message is not None else str(self)
+
+
+def _python_name(name: str) -> str:
+    return name
 
 
 class MissingDependencyError(U2EdgeError, ImportError):
@@ -46,10 +70,11 @@ class IncompatibleEngineError(U2EdgeError):
 class EngineBuildError(U2EdgeError):
     """Building an ONNX model or engine failed; carries every parser message."""
 
-    def __init__(self, message: str, details: list[str] | None = None) -> None:
+    def __init__(self, message: "str | Callable[[Spell], str]", details: list[str] | None = None) -> None:
         self.details = list(details or [])
         if self.details:
-            message = f"{message}: " + "; ".join(self.details)
+            head = message if callable(message) else (lambda spell, text=message: text)
+            message = lambda spell: f"{head(spell)}: " + "; ".join(self.details)  # noqa: E731
         super().__init__(message)
 
 

@@ -34,8 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=doc.splitlines()[0], description=doc, parents=[common],
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=module.run, flags=_flags(sub))
     return parser
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Parameter name -> how this command spells it (``calib_dir`` -> ``--calib-dir``), so that a
+    library error reads in the command's terms. argparse lists its actions only in ``_actions``."""
+    flags = {}
+    for action in parser._actions:
+        if action.option_strings:
+            flags[action.dest] = max(action.option_strings, key=len)
+        elif action.dest != argparse.SUPPRESS:
+            flags[action.dest] = str(action.metavar or action.dest).upper()
+    return flags
 
 
 class Terminated(KeyboardInterrupt):
@@ -54,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except U2EdgeError as exc:
-        print(f"u2edge: error: {exc}", file=sys.stderr)
+        print(f"u2edge: error: {exc.message(lambda name: args.flags.get(name, name))}", file=sys.stderr)
         return 1
     except Terminated:
         print("u2edge: terminated", file=sys.stderr)
