@@ -1,16 +1,20 @@
-"""Atomic file writes: an output is complete or absent, never half-written."""
+"""Atomic file writes and file locks: an output is complete or absent, never half-written."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 from .errors import OutputError
 
-__all__ = ["write_bytes_atomic", "default_mode", "output_folder"]
+__all__ = ["write_bytes_atomic", "default_mode", "output_folder", "write_failure", "locked", "NO_ROOM"]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
@@ -29,13 +33,22 @@ def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
-        raise OutputError(f"cannot write {path}: {reason}; nothing was left behind") from exc
+        raise OutputError(f"cannot write {path}: {write_failure(exc)}; nothing was left behind") from exc
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return path
+
+
+NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EFBIG: "the file size limit (ulimit -f) is reached"}
+"""The errors of a write that found no room, in the words a user acts on."""
+
+
+def write_failure(exc: OSError) -> str:
+    """Why a write failed, in the words a user acts on: "the disk is full", else the system's."""
+    return NO_ROOM.get(exc.errno) or exc.strerror or str(exc)
 
 
 def output_folder(folder: Path, label: str, hint: str) -> Path:
@@ -45,19 +58,95 @@ def output_folder(folder: Path, label: str, hint: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create {label} {folder}: {exc.strerror}") from exc
+        raise OutputError(f"cannot create {label} {folder}: {write_failure(exc)}") from exc
     return folder
 
 
 def default_mode() -> int:
-    """The mode a new file gets from open() under this process's umask."""
-    return 0o666 & ~_UMASK
+    """The mode a new file gets from open() under this process's umask, as it is now.
+
+    os.umask can only read the umask by setting it, and a umask of 0 for a moment gives every
+    file another thread creates meanwhile mode 0666; so it is read from /proc, or from a new file.
+    """
+    umask = _proc_umask()
+    return 0o666 & ~umask if umask is not None else _probe_mode()
 
 
-def _read_umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+def _proc_umask() -> int | None:
+    """The umask line of /proc/self/status (Linux 4.7 and newer), else None."""
+    try:
+        with open("/proc/self/status", "rb") as status:  # bytes: the Name line may be in any encoding
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
-_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+def _probe_mode() -> int:
+    """The mode open() gives a new file in a private temp folder; 0644 if none can be made."""
+    try:
+        folder = tempfile.mkdtemp(prefix=".u2edge-mode-")
+    except OSError:
+        return 0o644
+    try:
+        probe = os.path.join(folder, "probe")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        return stat.S_IMODE(os.stat(probe).st_mode)
+    except OSError:
+        return 0o644
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` for the block; other processes asking for it
+    wait (``waiting`` is called once first). The kernel drops the lock when its holder dies, even
+    by kill -9. The holder removes the file while it still holds the lock, so nothing is left
+    beside the results; a waiter then finds its file gone or replaced and locks the new one."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock {path}: {write_failure(exc)}") from exc
+        try:
+            if not _try_lock(fd):
+                if waiting is not None:
+                    waiting()
+                    waiting = None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            held = _same_file(fd, path)
+        except OSError as exc:
+            os.close(fd)
+            raise OutputError(f"cannot lock {path}: {exc.strerror}") from exc
+        except BaseException:  # Ctrl-C while waiting
+            os.close(fd)
+            raise
+        if held:
+            break
+        os.close(fd)  # the holder we waited for removed this file: lock the one there now
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
