@@ -5,6 +5,7 @@ gives every file another thread creates meanwhile mode 0666)."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -53,3 +54,36 @@ def test_finding_the_mode_never_calls_os_umask(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "[]\n"
+
+
+def test_a_write_killed_with_sigkill_leaves_nothing_after_the_next_write(tmp_path):
+    """kill -9 skips every finally: the next write of the same file removes what the dead writer left,
+    and keeps a temp file whose writer still runs."""
+    target = tmp_path / "mask.png"
+    code = ("import os, signal, sys\nfrom pathlib import Path\nfrom u2edge._files import partial_file\n"
+            "fd, tmp = partial_file(Path(sys.argv[1]))\nos.write(fd, b'half a PNG')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    (orphan,) = tmp_path.iterdir()
+    assert orphan.name.startswith(".mask.png.") and orphan.name.endswith(".partial")
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as alive:
+        busy = tmp_path / f".mask.png.{alive.pid}.abcdef.partial"  # another writer, still running
+        busy.write_bytes(b"in progress")
+        write_bytes_atomic(target, b"the whole file")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([busy.name, "mask.png"])
+        alive.communicate(b"")
+    assert target.read_bytes() == b"the whole file"
+
+
+def test_a_temp_folder_a_killed_process_left_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(_files.tempfile, "tempdir", str(tmp_path))
+    code = ("import os, signal\nfrom u2edge._files import temp_folder\n"
+            "with temp_folder('u2edge-build') as folder:\n    (folder / 'fp32.onnx').write_bytes(b'half')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == -signal.SIGKILL
+    (orphan,) = tmp_path.iterdir()
+    with _files.temp_folder("u2edge-build") as folder:
+        assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -14,7 +15,8 @@ from typing import Callable, Iterator
 
 from .errors import OutputError
 
-__all__ = ["write_bytes_atomic", "default_mode", "output_folder", "write_failure", "locked", "NO_ROOM"]
+__all__ = ["write_bytes_atomic", "partial_file", "temp_folder", "default_mode", "output_folder", "write_failure", "locked",
+           "NO_ROOM"]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
@@ -24,9 +26,8 @@ def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        fd, tmp = partial_file(path)
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), default_mode())  # mkstemp makes 0600; give the usual mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())  # a power cut (common on a Jetson) must not leave an empty file
@@ -39,6 +40,64 @@ def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return path
+
+
+def partial_file(path: Path, suffix: str = "") -> tuple[int, str]:
+    """A new temp file beside ``path`` with the usual mode, open for writing: (fd, its path), named
+    ``.NAME.PID.XXXXXX.partial`` + ``suffix``. The temp files of ``path`` that processes no longer
+    running left (killed with -9, which no ``finally`` survives) are removed first, so a rerun
+    after a crash leaves nothing behind."""
+    for stale in _orphans(path):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial" + suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, default_mode())  # mkstemp makes 0600; give the usual mode
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
+@contextlib.contextmanager
+def temp_folder(prefix: str) -> Iterator[Path]:
+    """A private temp folder (removed at the end) named ``PREFIX-PID-XXXXXX``; those that processes
+    no longer running left behind are removed first."""
+    parent = Path(tempfile.gettempdir())
+    for stale in _orphans(parent, rf"{re.escape(prefix)}-(\d+)-"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}-") as folder:
+        yield Path(folder)
+
+
+def _orphans(path: Path, pattern: str | None = None) -> list[Path]:
+    """The temp files of ``path`` (or the entries of the folder ``path`` matching ``pattern``, whose
+    group 1 is a process id) whose process no longer runs."""
+    folder = path if pattern else path.parent
+    regex = re.compile(pattern or rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.partial")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        match = regex.match(name)
+        if match and not _running(int(match.group(1))):
+            found.append(folder / name)
+    return found
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",

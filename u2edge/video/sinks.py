@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import abc
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .._deps import require
-from .._files import default_mode, output_folder
+from .._files import output_folder, partial_file
 from ..errors import OutputError, SourceError
 from ..images import write_image
 from ..render import flatten
@@ -83,10 +82,9 @@ class VideoFileSink(Sink):
             raise OutputError(f"cannot write {suffix} videos; name the output .mp4 or .avi")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{suffix}", dir=path.parent)
+            fd, tmp = partial_file(path, suffix)  # OpenCV picks the container by the last suffix
         except OSError as exc:
             raise OutputError(f"cannot write the video {path}: {exc.strerror}") from exc
-        os.fchmod(fd, default_mode())  # mkstemp makes 0600
         os.close(fd)
         self._tmp = Path(tmp)
         self._writer = None
