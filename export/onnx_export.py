@@ -1,5 +1,6 @@
 """``export_onnx``: a U-2-Net ONNX with one fused output named ``mask`` (or all seven), opset 17,
 BatchNorm folded, a fixed or dynamic batch, preprocessing metadata, and a self-check.
+``fp32_graph`` is the same export as the first step of a build.
 
 From an ONNX source (the official U2-NetP by default) every step is a graph edit, so no torch is
 needed; from a ``.pth`` the model is folded and exported with ``torch.onnx.export``. Either way
@@ -9,6 +10,7 @@ the result is checked with ONNX Runtime against its source, and the max error is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -22,17 +24,17 @@ import numpy as np
 from .. import __version__
 from .. import onnxgraph as graph
 from .._deps import require
+from .._files import temp_folder
 from ..config import wrong_arch_error
 from ..errors import U2EdgeError, WeightsError
 from ..onnx_weights import onnx_arch
 from ..onnxgraph import OUTPUT_NAMES
 from ..processing import METADATA_PREFIX, Preprocessing
-from ..weights import default_onnx, sha256_file
+from ..weights import default_onnx, get_weights, sha256_file
 
-__all__ = ["OUTPUT_NAMES", "ExportResult", "check_imgsz", "export_onnx"]
+__all__ = ["OUTPUT_NAMES", "ExportResult", "check_imgsz", "preprocessing_of", "export_onnx", "fp32_graph"]
 
 log = logging.getLogger("u2edge")
-
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,14 @@ class ExportResult:
 
 def check_imgsz(imgsz: int) -> int:
     if imgsz < 32 or imgsz % 32:
-        raise U2EdgeError(f"--imgsz {imgsz} is not a positive multiple of 32; U-2-Net halves the "
-                          "resolution five times, so use 288, 320, 352, ...")
+        raise U2EdgeError(lambda spell: f"{spell('imgsz')} {imgsz} is not a positive multiple of 32; U-2-Net halves "
+                                        "the resolution five times, so use 288, 320, 352, ...")
     return imgsz
+
+
+def preprocessing_of(arch: str, imgsz: int) -> Preprocessing:
+    """The preprocessing of ``arch`` in the weights table, at the input size ``imgsz``."""
+    return dataclasses.replace(get_weights(arch).preprocessing, imgsz=imgsz)
 
 
 def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str | os.PathLike | None = None,
@@ -62,7 +69,7 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
     """
     check_imgsz(imgsz)
     if batch is not None and batch < 1:
-        raise U2EdgeError(f"--batch {batch} must be at least 1 (or use --dynamic-batch)")
+        raise U2EdgeError(lambda spell: f"{spell('batch')} {batch} must be at least 1")
     if weights is None:
         weights = default_onnx(arch)
     source = Path(weights)
@@ -70,7 +77,7 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
         raise WeightsError(f"weights file not found: {source}")
     output = Path(output)
     if output.resolve() == source.resolve():
-        raise U2EdgeError(f"refusing to overwrite the source {source}; choose another -o")
+        raise U2EdgeError(lambda spell: f"refusing to overwrite the source {source}; choose another {spell('output')}")
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if source.suffix.lower() == ".onnx":
@@ -84,7 +91,7 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
         via = "torch"
     names = OUTPUT_NAMES if all_outputs else OUTPUT_NAMES[:1]
     graph.set_metadata(proto, {
-        **Preprocessing(imgsz=imgsz).to_metadata(),
+        **preprocessing_of(arch, imgsz).to_metadata(),
         METADATA_PREFIX + "arch": arch,
         METADATA_PREFIX + "outputs": ",".join(names),
         METADATA_PREFIX + "source_sha256": sha256_file(source),
@@ -96,6 +103,18 @@ def export_onnx(output: str | os.PathLike, *, arch: str = "u2netp", weights: str
     seconds = time.perf_counter() - start
     log.debug("exported %s (%s, via %s) max abs error %.2e against %s", output, arch, via, max_error, reference)
     return ExportResult(output, arch, source, via, reference, max_error, opset, seconds)
+
+
+def fp32_graph(*, arch: str = "u2netp", weights: str | os.PathLike | None = None, imgsz: int = 320):
+    """``export_onnx`` with a dynamic batch, as a ModelProto: the FP32 graph a build starts from.
+
+    The batch is dynamic so that held-out and calibration images run one at a time; a build
+    fixes its batch on its final graph.
+    """
+    onnx = require("onnx")
+    with temp_folder("u2edge-build") as tmp:  # one a kill -9 left behind is removed by the next build
+        exported = export_onnx(tmp / "fp32.onnx", arch=arch, weights=weights, imgsz=imgsz, batch=None)
+        return onnx.load(str(exported.path))
 
 
 def _from_onnx(source: Path, imgsz: int, batch: int | None, all_outputs: bool):

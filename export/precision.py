@@ -9,6 +9,9 @@ mask is a few stray pixels, and their IoU says nothing about accuracy.
 INT8 follows a gate. If quantizing every conv (but the fused tail) misses it, a sensitivity pass
 quantizes one conv at a time and ranks the convs by the damage each does alone; the most damaging
 then stay in float, a few more at a time, until the gate passes or too many would be needed.
+
+``precision_graph`` is the build's step: the FP32 graph in; the graph in the asked precision and
+its accuracy report out.
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .._deps import require
-from ..errors import EngineBuildError
+from ..errors import EngineBuildError, U2EdgeError
+from ..images import read_image
 from ..metrics import agreement
+from ..precision import Precision
 from ..processing import Preprocessing, postprocess, preprocess
 from ..qdq import layer_names
 from . import quantize
 
-__all__ = ["Gate", "Accuracy", "Evaluator", "to_fp16", "to_int8", "conv_macs"]
+__all__ = ["Gate", "Accuracy", "Evaluator", "PrecisionGraph", "precision_graph", "to_fp16", "to_int8", "conv_macs",
+           "require_gate"]
 
 log = logging.getLogger("u2edge")
 
@@ -87,7 +94,7 @@ def to_fp16(fp32, evaluator: Evaluator | None):
     """(FP16 graph, accuracy or None, note). The fused tail stays FP32 only if that measurably helps."""
     plain = _convert_fp16(fp32, keep=())
     if evaluator is None:
-        return plain, None, "accuracy not measured: pass --calib-dir with images to measure FP16 against FP32"
+        return plain, None, "accuracy not measured: no held-out images to measure FP16 against FP32"
     tail = [n.name for n in fp32.graph.node if n.op_type == "Sigmoid"] + sorted(quantize.tail_convs(fp32))
     with_tail = _convert_fp16(fp32, keep=tail)
     plain_acc, tail_acc = evaluator.score(plain), evaluator.score(with_tail)
@@ -203,8 +210,54 @@ def to_int8(fp32, calib_batches, evaluator: Evaluator, *, method: str = "minmax"
 
 
 def require_gate(kind: str, accuracy: Accuracy, gate: Gate, extra: str = "") -> None:
+    """An EngineBuildError with the numbers when ``accuracy`` misses ``gate``."""
     if not gate.passes(accuracy):
-        raise EngineBuildError(
+        raise EngineBuildError(lambda spell: (
             f"{kind} misses the accuracy gate: {accuracy.line()} against FP32 on held-out images, needed "
             f"min IoU >= {gate.min_iou} and mean MAE <= {gate.max_mae}{extra}; use more or more varied "
-            "--calib-dir images, another --precision, or --no-gate to build it anyway")
+            f"{spell('calib_dir')} images, another {spell('precision')}, or {spell('no_gate')} to build it anyway"))
+
+
+@dataclass
+class PrecisionGraph:
+    proto: object  # the ONNX ModelProto
+    accuracy: dict  # the sidecar's accuracy report
+
+
+def precision_graph(fp32, precision: Precision, *, preprocessing: Preprocessing, calibration: Sequence[Path] = (),
+                    held_out: Sequence[Path] = (), gate: Gate = Gate(), no_gate: bool = False,
+                    calib_method: str = "minmax", fp16_mode: str = "typed", unsigned: bool = False,
+                    progress: Callable[[str, int, int], None] | None = None) -> PrecisionGraph:
+    """The FP32 graph ``fp32`` in ``precision``, measured against it on the ``held_out`` images.
+
+    FP16 (``fp16_mode`` "typed") is an FP16 graph; "flag" leaves the FP32 graph to BuilderFlag.FP16.
+    INT8 is calibrated on the ``calibration`` images (``unsigned``: the CPU scheme). A graph that
+    misses ``gate`` is an EngineBuildError, unless ``no_gate``. The result is never ``fp32`` itself.
+    """
+    evaluator = None
+    if held_out:
+        evaluator = Evaluator(fp32, {p.name: read_image(p) for p in held_out}, preprocessing)
+    accuracy: dict = {"reference": "FP32 graph under ONNX Runtime (CPU)",
+                      "held_out": [p.name for p in held_out], "calibration_images": len(calibration),
+                      "gate": None if no_gate else asdict(gate)}
+    if precision is Precision.FP16 and fp16_mode == "typed":
+        graph, acc, note = to_fp16(fp32, evaluator)
+        accuracy.update(measured=asdict(acc) if acc else None, note=note)
+        if acc and not no_gate:
+            require_gate("FP16", acc, gate)
+        return PrecisionGraph(graph, accuracy)
+    if precision is Precision.INT8:
+        if evaluator is None or not calibration:
+            raise U2EdgeError(lambda spell: f"INT8 needs {spell('calibration')} images and {spell('held_out')} "
+                                            "images to measure it against FP32")
+        batches = (preprocess(read_image(p), preprocessing)[None] for p in calibration)
+        result = to_int8(fp32, batches, evaluator, method=calib_method, gate=gate, search=not no_gate,
+                         unsigned=unsigned, progress=progress)
+        accuracy.update(measured=asdict(result.accuracy), int8=result.report(), method=calib_method)
+        if not no_gate and not result.passed:
+            require_gate("INT8", result.accuracy, gate, f" (even with {len(result.kept_float)} convs kept in float; "
+                                                        f"all-INT8 gave {result.naive.line()})")
+        return PrecisionGraph(result.proto, accuracy)
+    accuracy.update(measured=None, note="FP32 is the reference" if precision is Precision.FP32
+                    else "FP16 by builder flag: TensorRT picks layer precisions, not measurable on the CPU")
+    return PrecisionGraph(copy.deepcopy(fp32), accuracy)

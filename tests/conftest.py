@@ -208,7 +208,7 @@ def cpu_int8(calib_dir, tmp_path_factory):
     15 photos; the 5 test photos are its held-out images."""
     pytest.importorskip("onnx", reason="building needs the export extra: pip install -e '.[export]'")
     from u2edge.export.build import BuildOptions, build_engine
-    from u2edge.sidecar import Precision
+    from u2edge.precision import Precision
 
     return build_engine(BuildOptions(output=tmp_path_factory.mktemp("cpu") / "u2netp_int8.onnx",
                                      precision=Precision.INT8, calib_dir=calib_dir))

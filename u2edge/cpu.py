@@ -27,8 +27,10 @@ from pathlib import Path
 
 from ._files import write_bytes_atomic
 from .errors import ModelFormatError, U2EdgeError
+from .identity import identity_hash
+from .precision import RUNTIME_PRECISIONS, Precision
 from .processing import METADATA_PREFIX
-from .sidecar import RUNTIME_PRECISIONS, Precision, identity_hash, read_sidecar, write_sidecar
+from .sidecar import CPU_MODEL_FORMAT, CorruptSidecarError, Sidecar
 from .weights import WEIGHTS, cache_dir, default_onnx, get_weights, sha256_file
 
 __all__ = ["CpuFeatures", "cpu_features", "Choice", "choose_precision", "check_bf16", "int8_params", "params_path",
@@ -173,8 +175,12 @@ def int8_model(model: str, *, params: Path | None = None) -> Path:
     key = identity_hash({"source": WEIGHTS[model].sha256, "params": sha256_file(path), "format": PARAMS_FORMAT,
                          "graph": _GRAPH})
     target = cache_dir() / "cpu" / f"{model}_int8_{key}.onnx"
-    sidecar = read_sidecar(target)
-    if target.exists() and sidecar and sidecar.get("engine_sha256") == sha256_file(target):
+    try:
+        sidecar = Sidecar.read(target)
+    except CorruptSidecarError as exc:  # a cache entry: made again, like one that does not match
+        log.debug("%s", exc)
+        sidecar = None
+    if target.exists() and sidecar and sidecar.engine_sha256 == sha256_file(target):
         return target
     if target.exists():
         log.warning("cached %s does not match its sidecar; making it again", target)
@@ -182,10 +188,9 @@ def int8_model(model: str, *, params: Path | None = None) -> Path:
     data = _quantized(model, source, settings)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(target, data)
-    write_sidecar(target, {"format": "u2edge-cpu-model/1", "model": model, "precision": "int8",
-                           "source_sha256": WEIGHTS[model].sha256, "params": str(path), "identity": key,
-                           "engine_bytes": len(data), "engine_sha256": sha256_file(target),
-                           "accuracy": settings["measured"]})
+    Sidecar(format=CPU_MODEL_FORMAT, arch=model, precision="int8", source_sha256=WEIGHTS[model].sha256,
+            params=str(path), identity=key, engine_bytes=len(data), engine_sha256=sha256_file(target),
+            accuracy=settings["measured"]).write(target)
     return target
 
 

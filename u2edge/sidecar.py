@@ -1,141 +1,123 @@
-"""Engine metadata: the ``Precision`` enum, engine identity, and the sidecar JSON beside a plan.
+"""``Sidecar``: what u2edge knows about a model file, in the JSON file beside it.
 
-A plan file stays pure (trtexec and Triton load it as is); everything u2edge knows about it lives
-in ``model.engine.json``: identity, preprocessing, I/O, build options and the accuracy report.
+A plan stays pure (trtexec and Triton load it as is); its identity, preprocessing, I/O, build
+options and accuracy report live in ``model.engine.json``. The CPU INT8 models in the user cache
+have one too (``model.onnx.json``). ``Sidecar`` is the only reader and writer of these files.
+
+A missing sidecar is an unknown model (a plan from trtexec): ``Sidecar.read`` returns None. A
+corrupt one (not JSON, not an object, a field of the wrong type) is an error naming the file.
 """
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import json
 import os
-import shlex
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ._files import write_bytes_atomic
+from .errors import IncompatibleEngineError
 
-__all__ = ["Precision", "BUILD_PRECISIONS", "RUNTIME_PRECISIONS", "identity_hash", "sidecar_path", "read_sidecar",
-           "write_sidecar", "rebuild_command", "check_engine", "check_device"]
+__all__ = ["Sidecar", "CorruptSidecarError", "ENGINE_FORMAT", "CPU_MODEL_FORMAT"]
+
+ENGINE_FORMAT = "u2edge-engine-sidecar/1"  # u2edge build: a plan, or a CPU model named .onnx
+CPU_MODEL_FORMAT = "u2edge-cpu-model/1"  # the CPU INT8 model made on first use (u2edge.cpu)
+_FORMATS = (ENGINE_FORMAT, CPU_MODEL_FORMAT)
 
 
-class Precision(str, enum.Enum):
-    """Drives CLI choices, the graph transform, the build config and the identity alike.
+def _optional(*kinds: type):
+    """A field that may be None (unknown, or not applicable); otherwise one of ``kinds`` in the JSON."""
+    return field(default=None, metadata={"kinds": kinds})
 
-    Engines are built in FP32, FP16 or INT8 (``BUILD_PRECISIONS``). The runtime runs a model by name in FP32,
-    BF16 or INT8, or lets ``AUTO`` pick the fastest that passes the accuracy gate (``RUNTIME_PRECISIONS``).
-    """
 
-    AUTO = "auto"
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-    INT8 = "int8"
+@dataclass
+class Sidecar:
+    """The fields of a sidecar, in the order they are written. Unknown keys are ignored on reading."""
+
+    format: str = ENGINE_FORMAT
+    u2edge: str | None = _optional(str)  # the version that wrote it
+    created: str | None = _optional(str)
+    tensorrt: dict | None = _optional(dict)  # {"flavour", "version"} that built the plan; None: a CPU model
+    device: dict | None = _optional(dict)  # {"gpu", "compute_capability"} a plan was built on
+    targets: list | None = _optional(list)  # the compute capabilities a TensorRT-RTX plan was built for
+    precision: str | None = _optional(str)
+    arch: str | None = _optional(str)  # the model: u2netp, u2net
+    source: str | None = _optional(str)  # the weights or ONNX it was built from
+    source_sha256: str | None = _optional(str)
+    params: str | None = _optional(str)  # the CPU INT8 quantization file it was made with
+    preprocessing: dict | None = _optional(dict)  # Preprocessing.to_metadata()
+    inputs: list | None = _optional(list)  # [{"name", "shape", "dtype"}]
+    outputs: list | None = _optional(list)
+    profile: dict | None = _optional(dict)  # {"min", "opt", "max"} input shapes
+    build_options: dict | None = _optional(dict)  # BuildOptions' fields, for the rebuild command
+    accuracy: dict | None = _optional(dict)
+    build_seconds: float | None = _optional(int, float)
+    total_seconds: float | None = _optional(int, float)
+    engine_bytes: int | None = _optional(int)
+    engine_sha256: str | None = _optional(str)
+    identity: str | None = _optional(str)  # the hash of identity_inputs
+    identity_inputs: dict | None = _optional(dict)
+
+    @staticmethod
+    def path_for(model: str | os.PathLike) -> Path:
+        """``model.engine`` -> ``model.engine.json``."""
+        model = Path(model)
+        return model.with_name(model.name + ".json")
 
     @classmethod
-    def parse(cls, value: "str | Precision", allowed: "tuple[Precision, ...]", what: str = "precision") -> "Precision":
-        """``value`` as one of ``allowed``, or a U2EdgeError naming the choices."""
-        from .errors import U2EdgeError
-
+    def read(cls, model: str | os.PathLike) -> "Sidecar | None":
+        """The sidecar of ``model``; None when there is none. IncompatibleEngineError when it is corrupt."""
+        path = cls.path_for(model)
         try:
-            precision = cls(value)
-        except ValueError:
-            precision = None
-        if precision not in allowed:
-            raise U2EdgeError(f"{what} {value!r} is not one of {', '.join(p.value for p in allowed)}")
-        return precision
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CorruptSidecarError(model, f"cannot read it: {exc.strerror}") from None
+        try:
+            data = json.loads(blob.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise CorruptSidecarError(model, f"not JSON: {exc}") from None
+        return cls.from_dict(data, model)
+
+    @classmethod
+    def from_dict(cls, data: object, model: str | os.PathLike = "model") -> "Sidecar":
+        """Check the JSON of ``model``'s sidecar field by field."""
+        if not isinstance(data, dict):
+            raise CorruptSidecarError(model, f"a JSON {_json_name(data)}, not an object")
+        if data.get("format") not in _FORMATS:
+            raise CorruptSidecarError(model, f"format {data.get('format')!r} is not one of {', '.join(_FORMATS)}")
+        values = {}
+        for spec in fields(cls):
+            value = data.get(spec.name)
+            kinds = spec.metadata.get("kinds", (str,))
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                expected = " or ".join(dict.fromkeys(_JSON_NAMES[k] for k in kinds))
+                raise CorruptSidecarError(model, f"{spec.name} is a JSON {_json_name(value)}, not {expected}")
+            values[spec.name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {spec.name: getattr(self, spec.name) for spec in fields(self)}
+
+    def write(self, model: str | os.PathLike) -> Path:
+        """Write ``model``'s sidecar atomically; returns its path."""
+        blob = json.dumps(self.to_dict(), indent=2, default=str) + "\n"
+        return write_bytes_atomic(self.path_for(model), blob.encode())
 
 
-BUILD_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)  # what u2edge build makes
-RUNTIME_PRECISIONS = (Precision.AUTO, Precision.FP32, Precision.BF16, Precision.INT8)  # a model by name, on the CPU
+_JSON_NAMES = {str: "string", int: "number", float: "number", dict: "object", list: "array", bool: "boolean"}
 
 
-def identity_hash(inputs: dict) -> str:
-    """A short, stable hash of everything that determines an engine's content."""
-    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+def _json_name(value: object) -> str:
+    return next((name for kind, name in reversed(_JSON_NAMES.items()) if isinstance(value, kind)), "value")
 
 
-def sidecar_path(engine: str | os.PathLike) -> Path:
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
+class CorruptSidecarError(IncompatibleEngineError):
+    """A sidecar that is there but is not one: ``path`` names it and ``why`` says what is wrong."""
 
-
-def read_sidecar(engine: str | os.PathLike) -> dict | None:
-    """The sidecar of ``engine``, or None when it is missing or unreadable (an unknown engine)."""
-    try:
-        with open(sidecar_path(engine)) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_sidecar(engine: str | os.PathLike, data: dict) -> Path:
-    return write_bytes_atomic(sidecar_path(engine), (json.dumps(data, indent=2, default=str) + "\n").encode())
-
-
-def rebuild_command(engine: str | os.PathLike, sidecar: dict | None) -> str:
-    """The ``u2edge build`` command that makes ``engine`` again, on this machine, from its sidecar."""
-    opts = (sidecar or {}).get("build_options") or {}
-    parts = ["u2edge", "build", "--precision", opts.get("precision", (sidecar or {}).get("precision", "fp16"))]
-    if opts.get("arch", "u2netp") != "u2netp":
-        parts += ["--model", opts["arch"]]
-    for key, flag in (("weights", "--weights"), ("onnx", "--onnx"), ("calib_dir", "--calib-dir"),
-                      ("dla_core", "--dla-core")):
-        if opts.get(key) is not None:
-            parts += [flag, str(opts[key])]
-    if opts.get("imgsz", 320) != 320:
-        parts += ["--imgsz", str(opts["imgsz"])]
-    if opts.get("dynamic_batch"):
-        parts += ["--dynamic-batch", ":".join(str(n) for n in opts["dynamic_batch"])]
-    elif opts.get("batch", 1) != 1:
-        parts += ["--batch", str(opts["batch"])]
-    if opts.get("fp16_mode", "typed") != "typed":
-        parts += ["--fp16-mode", opts["fp16_mode"]]
-    if opts.get("gpu_fallback"):
-        parts.append("--gpu-fallback")
-    parts += ["-o", os.fspath(engine), "--force"]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def check_engine(engine: str | os.PathLike, plan: bytes, sidecar: dict | None, trt_name: str) -> None:
-    """Refuse a plan that cannot run here, before TensorRT sees it: truncated or altered (against
-    its sidecar), or built by another TensorRT. Each error ends with the command that rebuilds it.
-    Without a sidecar (a plan from trtexec) nothing can be checked here."""
-    from .errors import IncompatibleEngineError
-
-    if sidecar is None:
-        return
-    fix = f"rebuild it here: {rebuild_command(engine, sidecar)}"
-    expected = sidecar.get("engine_bytes")
-    if expected is not None and len(plan) != expected:
-        raise IncompatibleEngineError(f"{engine} is truncated or was replaced: {len(plan)} bytes where its sidecar "
-                                      f"says {expected}; {fix}")
-    if sidecar.get("engine_sha256") and hashlib.sha256(plan).hexdigest() != sidecar["engine_sha256"]:
-        raise IncompatibleEngineError(f"{engine} does not match its sidecar (sha256 differs); {fix}")
-    built = sidecar.get("tensorrt") or {}
-    built_name = f"{built.get('flavour')} {built.get('version')}"
-    if built and built_name != trt_name:
-        raise IncompatibleEngineError(f"{engine} was built with {built_name} and this machine has {trt_name}; "
-                                      f"plans do not move between TensorRT versions: {fix}")
-
-
-def check_device(engine: str | os.PathLike, sidecar: dict | None, device: dict) -> None:
-    """Refuse a plan built for another GPU, or for compute capabilities that exclude this one."""
-    from .errors import IncompatibleEngineError
-
-    if sidecar is None:
-        return
-    fix = f"rebuild it here: {rebuild_command(engine, sidecar)}"
-    here = f"sm{str(device.get('compute_capability') or '').replace('.', '')}"
-    targets = sidecar.get("targets")
-    if targets:
-        if device.get("compute_capability") and here not in targets:
-            raise IncompatibleEngineError(f"{engine} was built for {', '.join(targets)} and this GPU "
-                                          f"({device['gpu']}) is {here}; {fix}")
-        return
-    built_on = sidecar.get("device") or {}
-    if built_on and built_on.get("gpu") != device.get("gpu"):
-        raise IncompatibleEngineError(f"{engine} was built for {built_on.get('gpu')} and this GPU is "
-                                      f"{device.get('gpu')}; plans do not move between GPUs: {fix}")
+    def __init__(self, model: str | os.PathLike, why: str) -> None:
+        model = Path(model)
+        self.path, self.why = Sidecar.path_for(model), why
+        super().__init__(f"the sidecar {self.path} is corrupt ({why}), so {model.name} cannot be checked; rebuild it "
+                         f"(u2edge build ... -o {model} --force), or delete {self.path} to load it unchecked")

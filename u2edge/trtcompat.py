@@ -61,6 +61,13 @@ class TensorRT:
         # TensorRT-RTX keeps the API but documents timing-cache operations as no-ops
         return hasattr(self.module.IBuilderConfig, "create_timing_cache") and self.flavour != "tensorrt_rtx"
 
+    def combine_timing_caches(self, ours, theirs) -> bool:
+        """Merge the ITimingCache ``theirs`` into ``ours``, entries of another device or version
+        included (``ignore_mismatch``, as Polygraphy does); False where this TensorRT cannot."""
+        if not hasattr(ours, "combine"):
+            return False
+        return bool(ours.combine(theirs, True))
+
     def compute_capabilities(self) -> list[str]:
         """Target names this TensorRT-RTX knows, such as 'sm86'."""
         if not self.has_compute_capabilities:
@@ -72,8 +79,8 @@ class TensorRT:
         flags = 0
         if strongly_typed:
             if not self.has_strongly_typed:
-                raise EngineBuildError(f"{self.name} cannot build strongly typed networks; "
-                                       "use the FP16/INT8 builder flags (--fp16-mode flag) or TensorRT >= 10")
+                raise EngineBuildError(lambda spell: f"{self.name} cannot build strongly typed networks; use the "
+                                       f"FP16/INT8 builder flags ({spell('fp16_mode')} flag) or TensorRT >= 10")
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         elif hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)  # required before 10
@@ -89,16 +96,19 @@ class TensorRT:
 
     def set_opt_level(self, config, level: int) -> None:
         if not hasattr(config, "builder_optimization_level"):
-            raise EngineBuildError(f"--opt-level needs TensorRT >= 8.6; {self.name} has no optimization levels")
+            raise EngineBuildError(lambda spell: f"{spell('opt_level')} needs TensorRT >= 8.6; {self.name} has no "
+                                   "optimization levels")
         config.builder_optimization_level = level
 
     def set_targets(self, config, targets: list[str]) -> None:
         if not self.has_compute_capabilities:
-            raise EngineBuildError(f"--target needs TensorRT-RTX; {self.name} builds for the GPU it runs on")
+            raise EngineBuildError(lambda spell: f"{spell('targets')} needs TensorRT-RTX; {self.name} builds for the "
+                                   "GPU it runs on")
         known = self.compute_capabilities()
         unknown = [t for t in targets if t not in known]
         if unknown:
-            raise EngineBuildError(f"unknown --target {', '.join(unknown)}; {self.name} knows {', '.join(known)}")
+            raise EngineBuildError(lambda spell: f"unknown {spell('targets')} {', '.join(unknown)}; {self.name} knows "
+                                   f"{', '.join(known)}")
         config.num_compute_capabilities = len(targets)
         for index, target in enumerate(targets):
             config.set_compute_capability(getattr(self.module.ComputeCapability, target.upper()), index)
@@ -107,10 +117,11 @@ class TensorRT:
         trt = self.module
         cores = getattr(builder, "num_DLA_cores", 0)
         if cores == 0:
-            raise EngineBuildError(f"--dla-core {core} asked for, but this machine has no DLA (a Jetson "
-                                   "Xavier/Orin unit); drop --dla-core")
+            raise EngineBuildError(lambda spell: f"{spell('dla_core')} {core} asked for, but this machine has no DLA "
+                                   f"(a Jetson Xavier/Orin unit); drop {spell('dla_core')}")
         if not 0 <= core < cores:
-            raise EngineBuildError(f"--dla-core {core} does not exist; this device has DLA cores 0..{cores - 1}")
+            raise EngineBuildError(lambda spell: f"{spell('dla_core')} {core} does not exist; this device has DLA "
+                                   f"cores 0..{cores - 1}")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = core
         if gpu_fallback:

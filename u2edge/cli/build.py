@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..errors import U2EdgeError
 from ..export.quantize import CALIB_METHODS
-from ..sidecar import BUILD_PRECISIONS, Precision
+from ..precision import BUILD_PRECISIONS, Precision
+from ..sidecar import Sidecar
 from .options import add_json_option, add_model_option, print_json, print_table
 from .progress import Progress
 
@@ -41,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calib = parser.add_argument_group("INT8 calibration and the accuracy gate")
     calib.add_argument("--calib-dir", metavar="DIR", help="real images from your scenes (needed for int8; "
                                                           "also measures fp16)")
-    calib.add_argument("--calib-count", type=int, default=32, metavar="N", help="calibration images to use (default: 32)")
+    calib.add_argument("--calib-count", type=int, default=32, metavar="N",
+                       help="calibration images to use (default: 32)")
     calib.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
                        help="activation ranges (default: minmax; on U-2-Net, clipping by entropy or "
                             "percentile destroys the masks and is caught by the gate)")
@@ -55,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                             "in the user cache)")
     trt.add_argument("--dla-core", type=int, metavar="N", help="run on this DLA core (Jetson Xavier/Orin)")
     trt.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: layers DLA cannot run go to the GPU")
-    trt.add_argument("--target", metavar="sm86,...", help="TensorRT-RTX: compute capabilities to build for "
-                                                          "(default: all it knows)")
+    trt.add_argument("--target", dest="targets", metavar="sm86,...",
+                     help="TensorRT-RTX: compute capabilities to build for (default: all it knows)")
     trt.add_argument("--fp16-mode", choices=("typed", "flag"), default="typed",
                      help="typed: an FP16 graph built strongly typed (default); flag: the FP32 graph with "
                           "BuilderFlag.FP16 (TensorRT 8.5-10.x only)")
@@ -78,12 +80,8 @@ def parse_dynamic(text: str) -> tuple[int, int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..export.build import BuildOptions, build_engine
-    from ..export.onnx_export import check_imgsz
     from ..export.precision import Gate
 
-    check_imgsz(args.imgsz)
-    if args.gpu_fallback and args.dla_core is None:
-        raise U2EdgeError("--gpu-fallback only applies with --dla-core N")
     options = BuildOptions(
         output=Path(args.output), precision=Precision(args.precision), arch=args.model,
         weights=Path(args.weights) if args.weights else None, onnx=Path(args.onnx) if args.onnx else None,
@@ -92,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
         calib_dir=Path(args.calib_dir) if args.calib_dir else None, calib_count=args.calib_count,
         calib_method=args.calib_method, workspace=args.workspace, opt_level=args.opt_level,
         timing_cache=Path(args.timing_cache) if args.timing_cache else None, dla_core=args.dla_core,
-        gpu_fallback=args.gpu_fallback, targets=args.target.lower().split(",") if args.target else None,
-        fp16_mode=args.fp16_mode, gate=Gate(args.min_iou, args.max_mae), no_gate=args.no_gate, force=args.force, tensorrt=args.tensorrt)
+        gpu_fallback=args.gpu_fallback, targets=args.targets.lower().split(",") if args.targets else None,
+        fp16_mode=args.fp16_mode, gate=Gate(args.min_iou, args.max_mae), no_gate=args.no_gate, force=args.force,
+        tensorrt=args.tensorrt)
     bars: dict[str, Progress] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -111,23 +110,23 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     sidecar = result.sidecar
     if args.json:
-        print_json({"engine": str(result.path), "reused": result.reused, **sidecar})
+        print_json({"engine": str(result.path), "reused": result.reused, **sidecar.to_dict()})
         return 0
     print_table(report_rows(result.path, sidecar, result.reused))
     return 0
 
 
-def report_rows(path: Path, sidecar: dict, reused: bool) -> list[tuple[str, str]]:
-    acc = sidecar.get("accuracy") or {}
+def report_rows(path: Path, sidecar: Sidecar, reused: bool) -> list[tuple[str, str]]:
+    acc = sidecar.accuracy or {}
     measured = acc.get("measured")
     accuracy = (f"min IoU {measured['min_iou']:.4f}, mean MAE {measured['mean_mae']:.4f} vs FP32 on "
                 f"{len(acc.get('held_out', []))} held-out images" if measured else acc.get("note", "not measured"))
     rows = [("engine", f"{path} ({'reused, identical identity' if reused else 'built'})"),
-            ("precision", sidecar["precision"]),
-            ("tensorrt", f"{sidecar['tensorrt']['flavour']} {sidecar['tensorrt']['version']}" if sidecar["tensorrt"]
+            ("precision", sidecar.precision),
+            ("tensorrt", f"{sidecar.tensorrt['flavour']} {sidecar.tensorrt['version']}" if sidecar.tensorrt
              else "none (a CPU model for OpenVINO or ONNX Runtime)"),
-            ("for", ", ".join(sidecar["targets"]) if sidecar.get("targets")
-             else "CPU" if not sidecar["tensorrt"] else (sidecar.get("device") or {}).get("gpu", "this GPU")),
+            ("for", ", ".join(sidecar.targets) if sidecar.targets
+             else "CPU" if not sidecar.tensorrt else (sidecar.device or {}).get("gpu", "this GPU")),
             ("accuracy", accuracy)]
     int8 = acc.get("int8")
     if int8:
@@ -136,8 +135,8 @@ def report_rows(path: Path, sidecar: dict, reused: bool) -> list[tuple[str, str]
                                     f"({int8['float_mac_fraction'] * 100:.1f}% of conv MACs)"))
         naive = int8["naive"]
         rows.append(("all-int8 would be", f"min IoU {naive['min_iou']:.4f}, mean MAE {naive['mean_mae']:.4f}"))
-    rows += [("build time", f"{sidecar['build_seconds']:.1f} s {'TensorRT' if sidecar['tensorrt'] else 'writing'}, "
-                            f"{sidecar['total_seconds']:.1f} s in all"),
-             ("engine size", f"{sidecar['engine_bytes'] / 1e6:.1f} MB"),
-             ("sidecar", f"{path}.json (identity {sidecar['identity']})")]
+    rows += [("build time", f"{sidecar.build_seconds:.1f} s {'TensorRT' if sidecar.tensorrt else 'writing'}, "
+                            f"{sidecar.total_seconds:.1f} s in all"),
+             ("engine size", f"{sidecar.engine_bytes / 1e6:.1f} MB"),
+             ("sidecar", f"{Sidecar.path_for(path)} (identity {sidecar.identity})")]
     return rows
