@@ -23,10 +23,11 @@ import numpy as np
 
 from .. import __version__
 from .._deps import available
-from ..errors import U2EdgeError
+from ..errors import ImageError, U2EdgeError
 from ..export.cpu_int8 import HELD_OUT_PHOTOS
+from ..images import read_image
 from ..metrics import agreement
-from ..sidecar import read_sidecar
+from ..sidecar import Sidecar
 from ..weights import WEIGHTS, cache_dir, default_onnx
 
 __all__ = ["Config", "BenchOptions", "MODELS", "configurations", "run", "rembg_python", "rembg_home", "PHOTOS"]
@@ -61,6 +62,7 @@ class BenchOptions:
     peers: bool = True
     timeout: float = 600.0
     skipped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one line per image that cannot be read
 
 
 def rembg_python() -> Path:
@@ -112,8 +114,8 @@ def configurations(opts: BenchOptions) -> list[Config]:
 
 def model_of(path: Path) -> str:
     """Which official model a model file is, from its sidecar (``u2edge build``) or its metadata."""
-    sidecar = read_sidecar(path) or {}
-    arch = sidecar.get("arch") or sidecar.get("model")
+    sidecar = Sidecar.read(path)
+    arch = sidecar.arch if sidecar else None
     if arch is None:
         import onnxruntime
 
@@ -255,7 +257,25 @@ def add_ratios(rows: list[dict]) -> None:
                      for (model, kind), speed in peers.items() if model == row["model"]}
 
 
+def readable_images(opts: BenchOptions) -> list[Path]:
+    """The images every row can measure: each that cannot be decoded is one line, logged and kept in
+    ``opts.errors``, and left out of every row, so that the rows still compare the same images."""
+    readable = []
+    for path in opts.images:
+        try:
+            read_image(path)
+        except ImageError as exc:
+            log.error("%s", exc)
+            opts.errors.append(str(exc))
+        else:
+            readable.append(path)
+    if not readable:
+        raise U2EdgeError(f"none of the {len(opts.images)} images can be read; give images OpenCV decodes")
+    return readable
+
+
 def run(opts: BenchOptions, progress=lambda name: None) -> dict:
+    opts.images = readable_images(opts)
     configs = configurations(opts)
     rows = []
     with tempfile.TemporaryDirectory(prefix="u2edge-bench-") as tmp:
@@ -266,7 +286,8 @@ def run(opts: BenchOptions, progress=lambda name: None) -> dict:
     add_ratios(rows)
     return {"u2edge": __version__, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
             "models": list(opts.models), "images": [p.name for p in opts.images], "repeats": opts.repeats,
-            "batch_sizes": list(opts.batches), "reference": references, "rows": rows, "skipped": opts.skipped}
+            "batch_sizes": list(opts.batches), "reference": references, "rows": rows, "skipped": opts.skipped,
+            "errors": opts.errors}
 
 
 def machine() -> dict:

@@ -61,10 +61,13 @@ def _u2edge(spec: dict, out: dict) -> dict[str, np.ndarray]:
 
 def _torch(spec: dict, out: dict) -> dict[str, np.ndarray]:
     """The official U-2-Net test script's pipeline: PIL in, every side output computed, normPRED,
-    PIL bilinear resize back, PNG out. Only the model file format differs (u2edge's loader)."""
+    PIL bilinear resize back, PNG out. Only the model file format differs (u2edge's loader), and
+    images are decoded as every other row decodes them (``read_image``: the same checks, the same
+    EXIF orientation), then handed to PIL."""
     import torch
     from PIL import Image
 
+    from ..images import read_image
     from ..model import from_file
 
     model = from_file(spec["path"])
@@ -86,13 +89,16 @@ def _torch(spec: dict, out: dict) -> dict[str, np.ndarray]:
         d0 = (d0 - d0.min()) / (d0.max() - d0.min())
         return Image.fromarray((d0.numpy() * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
 
+    def open_rgb(path: Path) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(read_image(path)[:, :, ::-1]))
+
     paths = [Path(p) for p in spec["images"]]
-    images = [Image.open(p).convert("RGB") for p in paths]
+    images = [open_rgb(p) for p in paths]
     out["inference"] = measure(infer, [tensor_of(im) for im in images], spec["repeats"])
     out["batches"] = {}
     with tempfile.TemporaryDirectory(prefix="u2edge-bench-") as tmp:
-        out["end_to_end"] = measure(lambda p: mask_of(Image.open(p).convert("RGB")).save(Path(tmp) / f"{p.stem}.png"),
-                                    paths, spec["repeats"])
+        out["end_to_end"] = measure(lambda p: mask_of(open_rgb(p)).save(Path(tmp) / f"{p.stem}.png"), paths,
+                                    spec["repeats"])
     return {p.name: np.asarray(mask_of(im), np.float32) / 255.0 for p, im in zip(paths, images)}
 
 

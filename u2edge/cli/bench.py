@@ -105,4 +105,4 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.report import table
 
         print(table(result))
-    return 0
+    return 1 if result.get("errors") else 0  # unreadable images were left out of every row, each named once

@@ -20,7 +20,8 @@ import argparse
 
 from ..errors import U2EdgeError
 from ..video import CaptureOptions, open_sink, open_source
-from .options import add_engine_option, add_json_option, add_render_options, add_stream_options
+from .options import (add_engine_option, add_json_option, add_max_pixels_option, add_render_options,
+                      add_stream_options)
 from .stream import run_pipeline
 
 
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_option(parser)
     add_render_options(parser)
     add_stream_options(parser, live=True)
+    add_max_pixels_option(parser)
     add_json_option(parser)
 
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise U2EdgeError(f"--duration {args.duration} must be a positive number of seconds")
     options = CaptureOptions(width=args.input_width, height=args.input_height, rate=args.input_rate,
                              fourcc=args.input_codec)
-    source = open_source(args.source, options)
+    source = open_source(args.source, options, max_pixels=args.max_pixels)
     try:
         sink = open_sink(args.sink, fps=args.input_rate or source.fps, headless=args.headless)
     except BaseException:

@@ -5,6 +5,9 @@ Examples:
   u2edge eval --images DUTS-TE/DUTS-TE-Image --masks DUTS-TE/DUTS-TE-Mask --engine u2netp.onnx --json
 
 Images and masks are paired by file name without its suffix (ECSSD and DUTS-TE lay them out so).
+A pair whose image or mask cannot be read is one line on stderr, the others are still scored, and
+the exit code is then 1.
+
 Published for comparison (U-2-Net paper, ECSSD): U2-Net max F .951, MAE .033; U2-Net (small,
 U2-NetP) max F .943, MAE .041.
 """
@@ -18,9 +21,9 @@ from pathlib import Path
 import cv2
 
 from ..errors import ImageError, U2EdgeError
-from ..images import IMAGE_SUFFIXES, read_image, read_mask
+from ..images import IMAGE_SUFFIXES, pixel_limit, read_image, read_mask
 from ..metrics import SODMetrics
-from .options import add_engine_option, add_json_option, open_engine, print_json
+from .options import add_engine_option, add_json_option, add_max_pixels_option, open_engine, print_json
 from .progress import Progress
 
 log = logging.getLogger("u2edge")
@@ -30,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of input images")
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of ground-truth masks (same names)")
     parser.add_argument("--limit", type=int, metavar="N", help="score only the first N pairs")
+    add_max_pixels_option(parser)
     add_engine_option(parser)
     add_json_option(parser)
 
@@ -53,6 +57,7 @@ def pairs(images: Path, masks: Path) -> tuple[list[tuple[Path, Path]], list[str]
 
 
 def run(args: argparse.Namespace) -> int:
+    limit = pixel_limit(args.max_pixels)
     found, problems = pairs(Path(args.images), Path(args.masks))
     if args.limit:
         found = found[:args.limit]
@@ -62,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
         for image_path, mask_path in found:
             progress.step(image_path.name)
             try:
-                image, gt = read_image(image_path), read_mask(mask_path)
-            except ImageError as exc:
-                problems.append(str(exc))
+                image, gt = read_image(image_path, max_pixels=limit), read_mask(mask_path, max_pixels=limit)
+            except ImageError as exc:  # the message names the image or the mask; this pair is not scored
+                problems.append(exc.message(lambda name: args.flags.get(name, name)))
                 continue
             pred = engine(image)
             if pred.shape != gt.shape:

@@ -6,9 +6,10 @@ Examples:
   u2edge image 'shots/*.jpg' -o out/ --bg-color '#00ff00'
   u2edge image photo.jpg -o out/ --bg-blur 31 --engine u2netp.onnx
 
-Inputs are never overwritten, every output is written atomically, and an unreadable input is
-reported on one line while the others go on (the exit code is then 1). Decoding, inference and
-encoding overlap, through the same pipeline as `u2edge video`; outputs keep the input order.
+Inputs are never overwritten, every output is written atomically, and an unreadable input (corrupt,
+truncated, not an image, or over --max-pixels) is reported on one line while the others go on (the
+exit code is then 1). Decoding, inference and encoding overlap, through the same pipeline as
+`u2edge video`; outputs keep the input order.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from pathlib import Path
 
 from .._files import output_folder
 from ..errors import U2EdgeError
-from ..images import expand_inputs, read_image
+from ..images import expand_inputs, pixel_limit, read_image
 from ..render import Background, Mode, parse_color, render
 from ..video import ImageSequenceSource, PerFileSink, Pipeline, Stats
 from ..video.sources import CorruptFrame
-from .options import add_engine_option, add_json_option, add_render_options, open_engine, print_json
+from .options import (add_engine_option, add_json_option, add_max_pixels_option, add_render_options, open_engine,
+                      print_json)
 from .progress import Progress
 
 log = logging.getLogger("u2edge")
@@ -33,6 +35,7 @@ log = logging.getLogger("u2edge")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the PNG outputs")
+    add_max_pixels_option(parser)
     add_engine_option(parser)
     add_render_options(parser)
     add_json_option(parser)
@@ -44,7 +47,7 @@ def resolve_rendering(args: argparse.Namespace) -> tuple[Mode, Background | None
     if args.bg_color is not None:
         background = Background(color=parse_color(args.bg_color))
     elif args.bg_image is not None:
-        background = Background(image=read_image(args.bg_image))
+        background = Background(image=read_image(args.bg_image, max_pixels=args.max_pixels))
     elif args.bg_blur is not None:
         if args.bg_blur < 1:
             raise U2EdgeError(f"--bg-blur {args.bg_blur} must be a positive kernel size, such as 31")
@@ -76,6 +79,7 @@ def plan_outputs(inputs: list[Path], outdir: Path) -> tuple[list[tuple[Path, Pat
 
 
 def run(args: argparse.Namespace) -> int:
+    limit = pixel_limit(args.max_pixels)  # a bad limit is one line before any work
     mode, background = resolve_rendering(args)
     paths, problems = expand_inputs(args.inputs)
     outdir = output_folder(Path(args.output), "-o", "give a folder for the outputs")
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         with open_engine(args) as engine:
             log.debug("engine: %s", engine.describe())
             progress = Progress(len(jobs), "image", enabled=not args.quiet)
-            sink, stats, total = process(engine, jobs, mode, background, problems, progress)
+            sink, stats, total = process(engine, jobs, mode, background, problems, progress, max_pixels=limit,
+                                         spell=lambda name: args.flags.get(name, name))
         # one latency per file written, in the same order: both are recorded by the output thread
         results = [{"input": str(src), "output": str(out), "height": height, "width": width,
                     "seconds": round(seconds, 4)}
@@ -108,15 +113,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def process(engine, jobs: list[tuple[Path, Path]], mode: Mode, background: Background | None,
-            problems: list[str], progress: Progress) -> tuple[PerFileSink, Stats, float]:
+            problems: list[str], progress: Progress, *, max_pixels: int | None = None,
+            spell=lambda name: name) -> tuple[PerFileSink, Stats, float]:
     """Run the planned (input, output) jobs through the video pipeline, in order: decoding (the
     capture thread), inference (this thread), then rendering and PNG encoding (the output thread)
-    overlap. An unreadable input is logged on one line and added to ``problems``; the others go on.
-    Returns the sink (what was written), the pipeline's stats, and the seconds it took."""
+    overlap. An unreadable input is logged on one line (its parameters named by ``spell``) and
+    added to ``problems``; the others go on. Returns the sink (what was written), the pipeline's
+    stats, and the seconds it took."""
 
     def unreadable(exc: CorruptFrame) -> None:  # called in the capture thread
-        log.error("%s", exc)
-        problems.append(str(exc))
+        line = exc.message(spell)
+        log.error("%s", line)
+        problems.append(line)
 
     def step(stats: Stats) -> None:  # called in this thread, after each inference
         while progress.done < stats.processed + stats.corrupt:
@@ -124,7 +132,8 @@ def process(engine, jobs: list[tuple[Path, Path]], mode: Mode, background: Backg
 
     sink = PerFileSink(jobs)
     # queues of one: enough to overlap the three stages, and few large frames in memory at once
-    pipeline = Pipeline(ImageSequenceSource(f"{len(jobs)} images", [src for src, _ in jobs]), engine, sink,
+    source = ImageSequenceSource(f"{len(jobs)} images", [src for src, _ in jobs], max_pixels=max_pixels)
+    pipeline = Pipeline(source, engine, sink,
                         render=lambda frame, mask: render(frame, mask, mode, background), queue_size=1, retries=0,
                         on_frame=step, on_corrupt=unreadable)
     started = time.perf_counter()

@@ -7,8 +7,9 @@ import json
 import logging
 import sys
 
+from ..images import MAX_PIXELS, MAX_PIXELS_ENV
 from ..render import Mode
-from ..sidecar import RUNTIME_PRECISIONS, Precision
+from ..precision import RUNTIME_PRECISIONS, Precision
 from ..weights import WEIGHTS
 
 
@@ -27,6 +28,10 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # a damaged file is u2edge's one line; OpenCV's own [ WARN ] lines only with -v
+        from cv2.utils import logging as cv_logging
+
+        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_SILENT)
 
 
 def add_model_option(parser, help: str = "architecture (default: u2netp)", default: str | None = "u2netp") -> None:
@@ -64,6 +69,13 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
     bg.add_argument("--bg-color", metavar="COLOR", help="background color, '#RRGGBB' or 'R,G,B'")
     bg.add_argument("--bg-image", metavar="PATH", help="background image, resized to each frame")
     bg.add_argument("--bg-blur", metavar="K", type=int, help="blur the frame's own background (kernel size)")
+
+
+def add_max_pixels_option(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels, for every command that decodes images or video frames."""
+    parser.add_argument("--max-pixels", type=int, metavar="N",
+                        help=f"refuse images with more pixels than this, from their header, before decoding "
+                             f"(a guard against decompression bombs; default: {MAX_PIXELS_ENV} or {MAX_PIXELS:,})")
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

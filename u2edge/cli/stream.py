@@ -9,6 +9,7 @@ import time
 from ..errors import U2EdgeError
 from ..render import Background, Mode, render
 from ..video import Pipeline, Sink, Source, Stats
+from ..video.sources import CorruptFrame
 from .image import resolve_rendering
 from .options import open_engine, print_json
 from .progress import Progress
@@ -26,7 +27,8 @@ def renderer(args: argparse.Namespace):
 
 
 def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
-    """Run to the end; print the stats (a table, or JSON with --json); 1 if the source failed."""
+    """Run to the end; print the stats (a table, or JSON with --json). 1 if the source failed, or
+    if frames of a file or folder could not be decoded (each is one line; the others are written)."""
     try:
         if args.max_frames is not None and args.max_frames < 1:
             raise U2EdgeError(f"--max-frames {args.max_frames} must be at least 1")
@@ -50,8 +52,11 @@ def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
             if deadline is not None and time.perf_counter() > deadline:
                 raise _Duration()
 
+        def on_corrupt(exc: CorruptFrame) -> None:
+            log.warning("skipping a frame: %s", exc.message(lambda name: args.flags.get(name, name)))
+
         pipeline = Pipeline(source, engine, sink, render=draw, retries=args.retries, max_frames=args.max_frames,
-                            on_frame=on_frame)
+                            on_frame=on_frame, on_corrupt=on_corrupt)
         try:
             stats = pipeline.run()
         except _Duration:
@@ -66,7 +71,7 @@ def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
         report(args, stats, source, sink)
     if stats.error:
         raise U2EdgeError(stats.error)
-    return 0
+    return 1 if stats.corrupt and not source.live else 0  # a live camera's glitches are not lost input
 
 
 class _Duration(KeyboardInterrupt):

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..errors import U2EdgeError
 from ..video import CaptureOptions, open_sink, open_source
-from .options import add_engine_option, add_json_option, add_render_options, add_stream_options
+from .options import (add_engine_option, add_json_option, add_max_pixels_option, add_render_options,
+                      add_stream_options)
 from .stream import run_pipeline
 
 
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_option(parser)
     add_render_options(parser)
     add_stream_options(parser, live=False)
+    add_max_pixels_option(parser)
     add_json_option(parser)
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output not in ("null", "null://") and Path(args.input).exists() and out.exists() \
             and out.resolve() == Path(args.input).resolve():
         raise U2EdgeError(f"-o {out} is the input; refusing to overwrite it (choose another -o)")
-    source = open_source(args.input, CaptureOptions(rate=args.fps))
+    source = open_source(args.input, CaptureOptions(rate=args.fps), max_pixels=args.max_pixels)
     if source.live:
         source.close()
         raise U2EdgeError(f"{args.input} is a live source; use u2edge camera {args.input} for it")

@@ -9,8 +9,10 @@
 
 Live sources (cameras, CSI, RTSP, GStreamer) can fail and be reopened; files and folders are read
 once, losslessly and in order. ``read()`` returns an HxWx3 uint8 BGR frame, None at the end, raises
-``CorruptFrame`` for one frame that cannot be decoded, and ``SourceError`` when the source stops.
+``CorruptFrame`` for one frame (or image) that cannot be decoded, and for the rest of a video file
+that ends before the frame count its header gives, and ``SourceError`` when the source stops.
 After each read, ``tag`` says what the frame came from where a source knows (an image's path).
+Images and video frames over the pixel limit (``u2edge.images.pixel_limit``) are refused.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import numpy as np
 
 from .._deps import require
 from ..errors import ImageError, SourceError
-from ..images import IMAGE_SUFFIXES, expand_inputs, read_image, to_bgr8
+from ..images import IMAGE_SUFFIXES, MAX_PIXELS_ENV, expand_inputs, pixel_limit, read_image, to_bgr8
 
 __all__ = ["Source", "CaptureSource", "ImageSequenceSource", "CorruptFrame", "CaptureOptions", "open_source",
            "VIDEO_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
+# containers whose header stores the number of frames (MP4/MOV's sample table, AVI's header): a file
+# that ends before it is truncated; elsewhere OpenCV estimates the count from the duration
+_COUNTED_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi")
 
 
 class CorruptFrame(SourceError):
@@ -74,10 +79,12 @@ class CaptureSource(Source):
     """Anything OpenCV's VideoCapture opens: V4L2 devices, GStreamer pipelines, RTSP, video files."""
 
     def __init__(self, uri: str, target, backend: int, *, live: bool, options: CaptureOptions = CaptureOptions(),
-                 what: str = "source") -> None:
+                 what: str = "source", max_pixels: int | None = None) -> None:
         self.uri, self.live, self._what = uri, live, what
         self._target, self._backend, self._options = target, backend, options
+        self._max_pixels = pixel_limit(max_pixels)
         self._cap = None
+        self._frames, self._ended = 0, False
         self._open()
 
     def _open(self) -> None:
@@ -97,6 +104,13 @@ class CaptureSource(Source):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self._what} {self.uri} (busy, unreachable, or not a video source)")
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > self._max_pixels:
+            cap.release()
+            limit = self._max_pixels
+            raise SourceError(lambda spell: f"{self._what} {self.uri}: its {width}x{height} frames are "
+                                            f"{width * height:,} pixels, over the limit of {limit:,}; raise it with "
+                                            f"{spell('max_pixels')} or the environment variable {MAX_PIXELS_ENV}")
         self._cap = cap
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
@@ -106,18 +120,26 @@ class CaptureSource(Source):
     def read(self) -> np.ndarray | None:
         if self._cap is None:
             raise SourceError(f"{self._what} {self.uri} is closed")
+        if self._ended:
+            return None
         ok, frame = self._cap.read()
         if not ok or frame is None:
             if self.live:
                 raise SourceError(f"{self._what} {self.uri} stopped delivering frames (unplugged or lost)")
+            self._ended = True
+            if self.count and self._frames < self.count and Path(self.uri).suffix.lower() in _COUNTED_SUFFIXES:
+                raise CorruptFrame(f"{self.uri}: frames {self._frames + 1} to {self.count} of {self.count} cannot be "
+                                   "decoded (the file is truncated or corrupt); the frames before them were read")
             return None
+        self._frames += 1
         try:
             return to_bgr8(frame)
         except ImageError as exc:
-            raise CorruptFrame(f"{self.uri}: {exc}") from exc
+            raise CorruptFrame(f"{self.uri}: frame {self._frames}: {exc}") from exc
 
     def reopen(self) -> None:
         self.close()
+        self._frames, self._ended = 0, False
         self._open()
 
     def close(self) -> None:
@@ -128,14 +150,17 @@ class CaptureSource(Source):
 
 class ImageSequenceSource(Source):
     """Image files in the order given (a folder's or a glob's are sorted), each read once; ``tag``
-    is the path of the image last read. An unreadable one is a ``CorruptFrame`` that names it."""
+    is the path of the image last read. An unreadable one, or one over ``max_pixels``, is a
+    ``CorruptFrame`` that names it, and the next read goes on with the next image."""
 
     live = False
 
-    def __init__(self, uri: str, paths: list[Path], fps: float | None = None) -> None:
+    def __init__(self, uri: str, paths: list[Path], fps: float | None = None, *,
+                 max_pixels: int | None = None) -> None:
         if not paths:
             raise SourceError(f"{uri} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.uri, self.paths, self.fps, self.count = uri, paths, fps, len(paths)
+        self.max_pixels = pixel_limit(max_pixels)  # a bad U2EDGE_MAX_PIXELS fails here, not image by image
         self._next = 0
 
     def read(self) -> np.ndarray | None:
@@ -145,10 +170,9 @@ class ImageSequenceSource(Source):
         self._next += 1
         self.tag = path
         try:
-            return read_image(path)
-        except ImageError as exc:
-            text = str(exc)
-            raise CorruptFrame(text if text.startswith(f"{path}: ") else f"{path}: {text}") from exc
+            return read_image(path, max_pixels=self.max_pixels)
+        except ImageError as exc:  # read_image names the file; the message keeps its parameter names
+            raise CorruptFrame(exc.message) from exc
 
 
 def _video_devices() -> list[str]:
@@ -190,8 +214,10 @@ def _rtsp(uri: str) -> CaptureSource:
     return CaptureSource(uri, uri, cv2.CAP_FFMPEG, live=True, what="stream")
 
 
-def open_source(uri: str | int | os.PathLike, options: CaptureOptions = CaptureOptions()) -> Source:
-    """The source a URI names (see the module docstring); a clear ``SourceError`` otherwise."""
+def open_source(uri: str | int | os.PathLike, options: CaptureOptions = CaptureOptions(), *,
+                max_pixels: int | None = None) -> Source:
+    """The source a URI names (see the module docstring); a clear ``SourceError`` otherwise. Images
+    and the frames of video files over ``max_pixels`` (see ``u2edge.images.pixel_limit``) are refused."""
     text = os.fspath(uri) if not isinstance(uri, int) else str(uri)
     if re.fullmatch(r"\d+", text):
         return _camera(text, int(text), options)
@@ -211,11 +237,11 @@ def open_source(uri: str | int | os.PathLike, options: CaptureOptions = CaptureO
         if problems and not paths:
             raise SourceError(problems[0])
         return ImageSequenceSource(text, [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES],
-                                   fps=options.rate)
+                                   fps=options.rate, max_pixels=max_pixels)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return ImageSequenceSource(text, [path], fps=options.rate)
+            return ImageSequenceSource(text, [path], fps=options.rate, max_pixels=max_pixels)
         cv2 = require("cv2")
-        return CaptureSource(text, text, cv2.CAP_ANY, live=False, what="video")
+        return CaptureSource(text, text, cv2.CAP_ANY, live=False, what="video", max_pixels=max_pixels)
     raise SourceError(f"no such file, folder or camera: {text} (sources: /dev/videoN, N, csi://N, rtsp://..., "
                       "a video file, an image folder or glob, or a GStreamer pipeline)")
