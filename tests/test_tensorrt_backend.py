@@ -247,3 +247,18 @@ def test_running_out_of_memory_at_open_frees_what_was_allocated(host, monkeypatc
         trt.close()
         break
     assert budget == 22  # per slot: 2 pinned, input, output, 6 side maps, the frame path's scratch
+
+
+def test_the_pipeline_keeps_two_frames_in_flight(host, dynamic_plan, photo_paths, photos, engine):
+    """While the pipeline hands out a frame's mask, the next frame is already on the "GPU"."""
+    from u2edge import U2EdgeEngine
+    from u2edge.video import ImageSequenceSource, Pipeline
+
+    with U2EdgeEngine(dynamic_plan, max_batch=1, in_flight=2) as trt:
+        assert trt.in_flight == 2
+        in_flight, masks = [], []
+        for frame, mask in Pipeline(ImageSequenceSource("photos", photo_paths), trt):
+            in_flight.append(sum(slot.pending is not None for slot in trt.backend._slots))
+            masks.append(mask)
+    assert in_flight == [1, 1, 1, 1, 0]  # the next frame was submitted before this one was collected
+    assert all(np.abs(mask - engine(photos[name])).max() < 1e-4 for mask, name in zip(masks, PHOTOS))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,11 +17,23 @@ from . import cpu
 from .backends import Backend, choose, open_backend
 from .errors import U2EdgeError
 from .processing import postprocess, preprocess
-from .sidecar import RUNTIME_PRECISIONS, Precision
+from .precision import RUNTIME_PRECISIONS, Precision
 
-__all__ = ["U2EdgeEngine"]
+__all__ = ["U2EdgeEngine", "Pending"]
 
 log = logging.getLogger("u2edge")
+
+
+@dataclass
+class Pending:
+    """Frames on their way through an engine: ``submit`` starts them, ``collect`` returns their
+    masks. ``seconds`` holds each stage's time as it runs: ``preprocess`` and ``postprocess`` (on
+    the CPU; 0 where the GPU does them, inside ``infer``) and ``infer``."""
+
+    sizes: list[tuple[int, int]]
+    ticket: object = None
+    gpu_frames: bool = False
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("preprocess", "infer", "postprocess"), 0.0))
 
 
 class U2EdgeEngine:
@@ -32,8 +48,9 @@ class U2EdgeEngine:
     ``backend="onnxruntime"`` names one, and the file runs at its own precision (``"bf16"`` lowers
     an ONNX's float layers on OpenVINO). ``engine(frame)`` takes an HxWx3 uint8 BGR frame (RGB
     with ``rgb=True``) and returns a new HxW float32 mask in [0, 1].
-    An engine may be shared between threads: ``lock`` serialises its backend calls (hold it to call
-    ``engine.backend`` directly). For throughput, open one engine per thread instead.
+    An engine may be shared between threads: its backend calls are serialised. For throughput, open
+    one engine per thread, or keep ``in_flight`` batches going with ``submit``/``collect``
+    (TensorRT overlaps the CPU's work on one batch with the GPU's on the other).
 
         with U2EdgeEngine() as engine:
             mask = engine(cv2.imread("photo.jpg"))
@@ -66,26 +83,67 @@ class U2EdgeEngine:
         self.preprocessing = self.backend.preprocessing
         # a fixed-batch model runs exactly that many frames at once; a dynamic one up to max_batch
         self.max_batch = self.backend.batch_size or min(max_batch, self.backend.max_batch or max_batch)
-        self.lock = threading.Lock()
+        self.in_flight = self.backend.in_flight  # batches submit() can start before the first collect()
+        self._lock = threading.Lock()
         log.debug("opened %s with %s", self.path, self.backend.describe())
 
     def __call__(self, frame: np.ndarray, *, rgb: bool = False) -> np.ndarray:
         return self.batch([frame], rgb=rgb)[0]
 
     def batch(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> list[np.ndarray]:
-        """Masks for frames of any sizes, in order; frames run ``max_batch`` at a time."""
+        """Masks for frames of any sizes, in order; frames run ``max_batch`` at a time, with up to
+        ``in_flight`` batches under way."""
         masks: list[np.ndarray] = []
-        for start in range(0, len(frames), self.max_batch):
-            chunk = frames[start:start + self.max_batch]
-            if self.backend.gpu_frames:  # the frames go up as uint8, the masks come down at frame size
-                with self.lock:
-                    masks.extend(self.backend.infer_frames(chunk, rgb=rgb))
-                continue
-            inputs = self.inputs(chunk, rgb=rgb)
-            with self.lock:
-                preds = self.backend.infer(inputs)
-            masks.extend(postprocess(pred, *frame.shape[:2]) for pred, frame in zip(preds, chunk))
+        pending: deque[Pending] = deque()
+        try:
+            for start in range(0, len(frames), self.max_batch):
+                if len(pending) == self.in_flight:
+                    masks.extend(self.collect(pending.popleft()))
+                pending.append(self.submit(frames[start:start + self.max_batch], rgb=rgb))
+            while pending:
+                masks.extend(self.collect(pending.popleft()))
+        finally:
+            self.discard(pending)
         return masks
+
+    def submit(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> Pending:
+        """Start up to ``max_batch`` frames; ``collect`` returns their masks. At most ``in_flight``
+        batches may be under way at once."""
+        if not 1 <= len(frames) <= self.max_batch:
+            raise U2EdgeError(f"{len(frames)} frames: this engine takes 1 to {self.max_batch} at once")
+        pending = Pending([frame.shape[:2] for frame in frames], gpu_frames=self.backend.gpu_frames)
+        started = time.perf_counter()
+        if pending.gpu_frames:  # the frames go up as uint8, the masks come down at frame size
+            with self._lock:
+                pending.ticket = self.backend.submit_frames(frames, rgb=rgb)
+        else:
+            inputs = self.inputs(frames, rgb=rgb)
+            pending.seconds["preprocess"] = time.perf_counter() - started
+            started = time.perf_counter()
+            with self._lock:
+                pending.ticket = self.backend.submit(inputs)
+        pending.seconds["infer"] = time.perf_counter() - started
+        return pending
+
+    def collect(self, pending: Pending) -> list[np.ndarray]:
+        """The masks of a submitted batch, in order: new HxW float32 arrays in [0, 1]."""
+        started = time.perf_counter()
+        with self._lock:
+            out, pending.ticket = self.backend.collect(pending.ticket), None
+        done = time.perf_counter()
+        pending.seconds["infer"] += done - started
+        if pending.gpu_frames:
+            return out
+        masks = [postprocess(pred, *size) for pred, size in zip(out, pending.sizes)]
+        pending.seconds["postprocess"] = time.perf_counter() - done
+        return masks
+
+    def discard(self, pending: "Sequence[Pending]") -> None:
+        """Wait for batches that will not be collected (after an error), so that their slots are free."""
+        for item in pending:
+            if item.ticket is not None:
+                with contextlib.suppress(Exception):  # the error that left them behind is the one to report
+                    self.collect(item)
 
     def inputs(self, frames: Sequence[np.ndarray], *, rgb: bool = False) -> np.ndarray:
         """The network input for up to ``max_batch`` frames; a fixed-batch model's is zero-padded."""

@@ -17,25 +17,30 @@ from .base import Backend
 
 __all__ = ["Backend", "BACKENDS", "SUFFIXES", "choose", "open_backend"]
 
-# name -> (module, class); modules are imported only when their backend is used
+# name -> (module, class), best first: the first installed backend that runs a file's suffix runs it.
+# The modules import their runtime (onnxruntime, openvino, tensorrt, torch) only when opened.
 BACKENDS: dict[str, tuple[str, str]] = {
     "tensorrt": ("tensorrt", "TensorRTBackend"),
     "openvino": ("openvino", "OpenVinoBackend"),
     "onnxruntime": ("onnxruntime", "OnnxRuntimeBackend"),
     "torch": ("torch", "TorchBackend"),
 }
-SUFFIXES: dict[str, tuple[str, ...]] = {
-    ".engine": ("tensorrt",),
-    ".plan": ("tensorrt",),
-    ".onnx": ("openvino", "onnxruntime", "torch"),  # torch imports the ONNX's weights
-    ".pth": ("torch",),
-    ".pt": ("torch",),
-}
 
 
 def _backend_class(name: str) -> type[Backend]:
     module, cls = BACKENDS[name]
     return getattr(importlib.import_module(f".{module}", __name__), cls)
+
+
+def _suffix_table() -> dict[str, tuple[str, ...]]:
+    table: dict[str, tuple[str, ...]] = {}
+    for name in BACKENDS:
+        for suffix in _backend_class(name).suffixes:
+            table[suffix] = table.get(suffix, ()) + (name,)
+    return table
+
+
+SUFFIXES = _suffix_table()  # suffix -> the backends that run it, best first: each class's ``suffixes``
 
 
 def choose(path: str | os.PathLike, backend: str | None = None) -> str:

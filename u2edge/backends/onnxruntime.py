@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
 from .._deps import require
 from ..errors import ModelFormatError
-from ..processing import Preprocessing
 from .base import Backend
 
 __all__ = ["OnnxRuntimeBackend"]
@@ -45,22 +43,12 @@ class OnnxRuntimeBackend(Backend):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFormatError(f"cannot load {path} with ONNX Runtime ({first}); "
                                    "the file is corrupt or not an ONNX model") from exc
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        shape = inputs[0].shape if len(inputs) == 1 else None
-        if shape is None or len(shape) != 4 or shape[1] != 3 or not isinstance(shape[2], int) \
-                or shape[2] != shape[3]:
-            got = [(i.name, i.shape) for i in inputs]
-            raise ModelFormatError(f"{Path(path).name} is not a U-2-Net graph: inputs {got}, "
-                                   "expected one (N, 3, S, S) image input")
-        names = [o.name for o in outputs]
-        self._input = inputs[0].name
-        self._output = "mask" if "mask" in names else names[0]
-        meta = self._session.get_modelmeta().custom_metadata_map
-        self.preprocessing = Preprocessing.from_metadata(meta, imgsz=shape[2])
-        if self.preprocessing.imgsz != shape[2]:
-            raise ModelFormatError(f"{Path(path).name}: its metadata says {self.preprocessing.imgsz}px but its input "
-                                   f"is {shape[2]}px; re-export it with u2edge export --imgsz {shape[2]}")
-        self.batch_size = shape[0] if isinstance(shape[0], int) else None
+        def dims(shape) -> tuple:  # a symbolic dimension is a string or None
+            return tuple(d if isinstance(d, int) else None for d in shape)
+
+        self.bind(path, [(t.name, dims(t.shape)) for t in self._session.get_inputs()],
+                  [(t.name, dims(t.shape)) for t in self._session.get_outputs()],
+                  self._session.get_modelmeta().custom_metadata_map)
         self.providers = self._session.get_providers()
         missing = [p for p in providers if p not in self.providers]
         if missing:
@@ -68,7 +56,7 @@ class OnnxRuntimeBackend(Backend):
                         ", ".join(missing), ", ".join(self.providers))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self._session.run([self._output], {self._input: batch})[0]
+        out = self._session.run([self.output_name], {self.input_name: batch})[0]
         return out.reshape(out.shape[0], out.shape[-2], out.shape[-1])
 
     def describe(self) -> str:

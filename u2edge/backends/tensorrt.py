@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import trtcompat
+from ..compatibility import check_device, check_engine, rebuild_command
 from ..cuda import load as load_cuda
 from ..errors import IncompatibleEngineError, ModelFormatError, U2EdgeError
 from ..framepath import GpuFrames, usable_native
 from ..native import BUILD_COMMAND
-from ..processing import Preprocessing
-from ..sidecar import check_device, check_engine, read_sidecar, rebuild_command
+from ..sidecar import Sidecar
 from .base import Backend
 
 __all__ = ["TensorRTBackend"]
@@ -76,9 +76,10 @@ class TensorRTBackend(Backend):
         path = Path(path)
         if in_flight < 1:
             raise U2EdgeError(f"in_flight {in_flight} must be at least 1")
-        sidecar = read_sidecar(path)
+        self.in_flight = in_flight
+        sidecar = Sidecar.read(path)  # a corrupt one is an error here, before CUDA
         plan = path.read_bytes()
-        built = (sidecar or {}).get("tensorrt") or {}
+        built = (sidecar.tensorrt if sidecar else None) or {}
         trt = self._trt = trtcompat.load(tensorrt or built.get("flavour"))
         check_engine(path, plan, sidecar, trt.name)  # before CUDA: the file and the TensorRT version
         cuda = self._cuda = load_cuda()
@@ -90,8 +91,7 @@ class TensorRTBackend(Backend):
             why = logger.errors[-1] if logger.errors else "no message from TensorRT"
             raise IncompatibleEngineError(f"{trt.name} cannot load {path} ({why}); rebuild it here: "
                                           f"{rebuild_command(path, sidecar)}")
-        self._bind_io(path, trt.io_tensors(engine))
-        self.preprocessing = Preprocessing.from_metadata((sidecar or {}).get("preprocessing") or {}, imgsz=self._size)
+        self._bind_io(path, trt.io_tensors(engine), (sidecar.preprocessing if sidecar else None) or {})
         self._use_graphs = cuda_graph
         self._native = usable_native() if gpu_frames else None
         self.gpu_frames = self._native is not None
@@ -104,30 +104,24 @@ class TensorRTBackend(Backend):
             self.close()
             raise
         where = "GPU" if self.gpu_frames else "CPU"
-        self._describe = (f"{trt.name} ({cuda.device['gpu']}, {(sidecar or {}).get('precision', 'unknown precision')}, "
-                          f"{where} pre/post-processing)")
+        precision = (sidecar.precision if sidecar else None) or "unknown precision"
+        self._describe = f"{trt.name} ({cuda.device['gpu']}, {precision}, {where} pre/post-processing)"
 
-    def _bind_io(self, path: Path, tensors: list[dict]) -> None:
+    def _bind_io(self, path: Path, tensors: list[dict], metadata: dict) -> None:
         inputs = [t for t in tensors if t["input"]]
         outputs = [t for t in tensors if not t["input"]]
-        shape = inputs[0]["shape"] if len(inputs) == 1 else None
-        if shape is None or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or shape[2] < 1:
-            raise ModelFormatError(f"{path.name} is not a U-2-Net engine: inputs "
-                                   f"{[(t['name'], t['shape']) for t in inputs]}, expected one (N, 3, S, S) input")
-        out = next((t for t in outputs if t["name"] == "mask"), outputs[0] if outputs else None)
-        if out is None or out["shape"][-2:] != shape[-2:]:
-            raise ModelFormatError(f"{path.name} is not a U-2-Net engine: outputs "
-                                   f"{[(t['name'], t['shape']) for t in outputs]}, expected 'mask' (N, 1, S, S)")
+        dims = lambda t: (t["name"], tuple(None if d == -1 else d for d in t["shape"]))  # noqa: E731
+        self.bind(path, [dims(t) for t in inputs], [dims(t) for t in outputs], metadata)
+        out = next(t for t in outputs if t["name"] == self.output_name)
         for tensor in (inputs[0], out):
             if tensor["dtype"] != "float":
                 raise ModelFormatError(f"{path.name}: tensor {tensor['name']} is {tensor['dtype']}; u2edge engines "
                                        "keep FP32 inputs and outputs (rebuild with u2edge build)")
-        self._input, self._output, self._size = inputs[0]["name"], out["name"], shape[2]
-        if shape[0] == -1:
-            self.batch_size = None
+        self._input, self._output, self._size = self.input_name, self.output_name, self.preprocessing.imgsz
+        if self.batch_size is None:
             self.max_batch = inputs[0]["profile"][2][0]
         else:
-            self.batch_size = self.max_batch = shape[0]
+            self.max_batch = self.batch_size
         # TensorRT runs only with every output bound: an engine from the official 7-output ONNX
         # (trtexec) writes its side maps too, into buffers of up to 4 bytes an element
         self._side = [(t["name"], 4 * int(np.prod([self.max_batch if d == -1 else d for d in t["shape"]])))

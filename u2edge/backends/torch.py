@@ -8,6 +8,7 @@ post-processes on the GPU too (``u2edge.framepath``). On the CPU it runs in FP32
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from .._deps import available, require
 from ..cuda import Cuda, NoCudaDevice
 from ..errors import U2EdgeError
 from ..framepath import GpuFrames, usable_native
-from ..processing import Preprocessing
+from ..weights import WEIGHTS
 from .base import Backend
 
 __all__ = ["TorchBackend"]
@@ -27,7 +28,7 @@ log = logging.getLogger("u2edge")
 
 
 class TorchBackend(Backend):
-    suffixes = (".pth", ".pt")
+    suffixes = (".pth", ".pt", ".onnx")  # an ONNX's weights, imported into the PyTorch model
     name = "torch"
     requires = "torch"
 
@@ -53,7 +54,8 @@ class TorchBackend(Backend):
         self._model = model.half() if self._half else model
         self._graphs: dict[int, tuple] = {}  # batch size -> (graph, static input, static output)
         self._use_graphs = cuda_graph and self._gpu
-        self.preprocessing = Preprocessing(imgsz=imgsz)
+        # a .pth carries no metadata: its architecture's row of the weights table says how to preprocess
+        self.preprocessing = dataclasses.replace(WEIGHTS[self._model.arch].preprocessing, imgsz=imgsz)
         self.batch_size = None
         self._frames = None
         # the kernels run on the CUDA runtime's current device, which is torch's default one

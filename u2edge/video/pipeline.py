@@ -17,13 +17,14 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import SourceError
-from ..processing import postprocess
+from ..engine import Pending
+from ..errors import ImageError, SourceError
 from .sinks import Sink, StopStream
 from .sources import CorruptFrame, Source
 
@@ -32,6 +33,7 @@ __all__ = ["Pipeline", "Stats", "Frame"]
 log = logging.getLogger("u2edge")
 
 _END = object()
+STUCK_READ_SECONDS = 5.0  # how long stopping waits for a source's read to return
 
 
 @dataclass
@@ -142,7 +144,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._inbox = _Newest(self.stats) if source.live else queue.Queue(maxsize=queue_size)
         self._outbox: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._errors: list[BaseException] = []
+        self._source_error: BaseException | None = None  # from the capture thread
+        self._sink_error: BaseException | None = None  # from the output thread (StopStream: the user closed it)
 
     # --- capture -------------------------------------------------------------------------------
     def _capture(self) -> None:
@@ -188,8 +191,8 @@ class Pipeline:
                 stats.captured += 1
                 self._put(self._inbox, Frame(image, index, time.perf_counter(), self.source.tag))
                 index += 1
-        except BaseException as exc:  # a bug in a source: end the stream and report it
-            self._errors.append(exc)
+        except BaseException as exc:  # a bug in a source: end the stream, keep what was written, report it
+            self._source_error = exc
         finally:
             self._put(self._inbox, _END)
 
@@ -206,36 +209,48 @@ class Pipeline:
                     return
 
     # --- inference -----------------------------------------------------------------------------
-    def _infer(self, frame: Frame) -> np.ndarray:
-        stats = self.stats
-        t0 = time.perf_counter()
-        if self.engine.backend.gpu_frames:  # pre- and post-processing run on the GPU, inside "infer"
-            mask = self.engine(frame.image)
-            stats.add("infer", time.perf_counter() - t0)
-            stats.processed += 1
-            return mask
-        x = self.engine.inputs([frame.image])
-        t1 = time.perf_counter()
-        with self.engine.lock:
-            pred = self.engine.backend.infer(x)[0]
-        t2 = time.perf_counter()
-        mask = postprocess(pred, *frame.image.shape[:2])
-        stats.add("preprocess", t1 - t0)
-        stats.add("infer", t2 - t1)
-        stats.add("postprocess", time.perf_counter() - t2)
-        stats.processed += 1
+    def _masks(self) -> Iterator[tuple[Frame, np.ndarray]]:
+        """(frame, mask) in order, keeping up to ``engine.in_flight`` frames under way: the next
+        frame is submitted before the oldest is collected, unless none is ready yet."""
+        engine, stats = self.engine, self.stats
+        pending: deque[tuple[Frame, Pending]] = deque()
+        try:
+            while not self._stop.is_set():
+                frame = self._next_frame(block=not pending)
+                if frame is _END:
+                    break
+                if frame is not None:
+                    try:
+                        pending.append((frame, engine.submit([frame.image])))
+                    except ImageError as exc:  # a frame the engine cannot take: skip it, like a corrupt one
+                        stats.corrupt += 1
+                        log.warning("skipping frame %d: %s", frame.index, exc)
+                    if len(pending) < engine.in_flight:
+                        continue
+                if pending:  # the oldest is due, or nothing new is ready: finish it
+                    frame, batch = pending.popleft()
+                    yield frame, self._collect(batch)
+            while pending and not self._stop.is_set():
+                frame, batch = pending.popleft()
+                yield frame, self._collect(batch)
+        finally:
+            engine.discard([batch for _, batch in pending])
+
+    def _collect(self, batch: Pending) -> np.ndarray:
+        mask = self.engine.collect(batch)[0]
+        for stage, seconds in batch.seconds.items():
+            self.stats.add(stage, seconds)
+        self.stats.processed += 1
         return mask
 
-    def _frames(self) -> Iterator[Frame]:
+    def _next_frame(self, block: bool):
+        """The next frame, ``_END``, or None when ``block`` is false and no frame is ready."""
         while True:
             try:
-                item = self._inbox.get(timeout=0.1)
+                return self._inbox.get(timeout=0.1 if block else 0)
             except queue.Empty:
-                continue
-            if item is _END:
-                return
-            yield item
-            del item  # not held while waiting for the next frame
+                if not block:
+                    return None
 
     # --- render and write ----------------------------------------------------------------------
     def _output(self) -> None:
@@ -261,31 +276,33 @@ class Pipeline:
                 stats.written += 1
                 stats.latencies.append(time.perf_counter() - captured)
         except BaseException as exc:  # StopStream, a full disk: stop everything, report it in run()
-            self._errors.append(exc)
+            self._sink_error = exc
             self._stop.set()
             while self._outbox.get() is not _END:  # let the inference thread finish its puts
                 pass
 
     # --- driving -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(frame, mask) pairs; the capture thread runs ahead (newest frame only, if live)."""
+        """(frame, mask) pairs; the capture thread runs ahead (newest frame only, if live). A source
+        that fails with an error other than a read error ends the loop with a SourceError."""
         capture = threading.Thread(target=self._capture, name="u2edge-capture", daemon=True)
         capture.start()
         try:
-            for frame in self._frames():
-                yield frame.image, self._infer(frame)
-                self.stats.written += 1
+            for frame, mask in self._masks():
+                yield frame.image, mask
                 self.stats.latencies.append(time.perf_counter() - frame.captured)
         finally:
             self._finish(capture)
-        if self._errors:  # a bug in a source
-            raise self._errors[0]
+        if self._source_error is not None:
+            raise SourceError(self.stats.error) from self._source_error
 
     def run(self) -> Stats:
         """Run to the end of the source (or max_frames, a failure, Ctrl-C); the sink is finalized.
 
-        Ctrl-C and SIGTERM end the stream cleanly and are then re-raised; a sink error (a full
-        disk) is raised after the pipeline has stopped.
+        Ctrl-C and SIGTERM end the stream cleanly and are then re-raised. Only a sink error (a full
+        disk) discards the output: it is raised after the pipeline has stopped. A source that fails
+        (after its retries, or with a bug) ends the stream with ``stats.error`` set, and an engine
+        error is raised; either way what was written is kept and finalized.
         """
         if self.sink is None:
             raise ValueError("Pipeline.run() needs a sink; iterate over the pipeline to get masks instead")
@@ -293,44 +310,52 @@ class Pipeline:
         output = threading.Thread(target=self._output, name="u2edge-output", daemon=True)
         capture.start()
         output.start()
-        interrupted = None
+        stopped: BaseException | None = None
         try:
-            for frame in self._frames():
-                if self._stop.is_set():
-                    break
-                mask = self._infer(frame)
+            for frame, mask in self._masks():
                 self._put(self._outbox, (frame, mask))
                 del frame, mask  # the output thread owns them now
                 if self.on_frame:
                     self.on_frame(self.stats)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop taking frames, keep what is done
-            interrupted = exc
+            stopped = exc
             self.stats.stop_reason = "interrupted"
+        except BaseException as exc:  # the engine failed: keep what is done, then raise it
+            stopped = exc
+            self.stats.stop_reason = "engine failed"
         finally:
             self._stop.set()
             self._put(self._outbox, _END)
             output.join()
             self._finish(capture)
-        sink_error = next((e for e in self._errors if not isinstance(e, StopStream)), None)
-        if any(isinstance(e, StopStream) for e in self._errors):
+        if isinstance(self._sink_error, StopStream):
             self.stats.stop_reason = "closed by the user"
-        if sink_error is not None:
+        elif self._sink_error is not None:
             self.sink.abort()
-            raise sink_error
+            raise self._sink_error
         self.sink.close()
-        if interrupted is not None:
-            raise interrupted
+        if stopped is not None:
+            raise stopped
         return self.stats
 
     def _finish(self, capture: threading.Thread) -> None:
         self._stop.set()
-        while capture.is_alive():  # drain, so that a capture blocked on a full queue can end
+        deadline = time.monotonic() + STUCK_READ_SECONDS
+        while capture.is_alive() and time.monotonic() < deadline:  # drain: a capture blocked on a full queue ends
             try:
                 self._inbox.get(timeout=0.05)
             except queue.Empty:
                 pass
-        capture.join()
-        self.source.close()
+        if capture.is_alive():  # stuck in a read (a stalled network share or stream): the sink is not held up
+            log.warning("%s did not return from a read within %.0f s; stopping without it", self.source.uri,
+                        STUCK_READ_SECONDS)
+        else:
+            self.source.close()  # not while a read may still be using it
         self.stats.ended = time.perf_counter()
+        if self._source_error is not None:
+            exc = self._source_error
+            log.debug("the source failed with this traceback:", exc_info=exc)  # a bug: its traceback, on request
+            self.stats.stop_reason = "source failed"
+            self.stats.error = f"{self.source.uri} failed after {self.stats.captured} frames ({type(exc).__name__}: {exc})"
         if self.stats.stop_reason == "running":
             self.stats.stop_reason = "stopped"
