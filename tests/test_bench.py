@@ -5,6 +5,7 @@ JSON, the table and the plot. Speed is reported, never asserted."""
 from __future__ import annotations
 
 import json
+import sys
 
 import cv2
 import pytest
@@ -12,9 +13,13 @@ import pytest
 from conftest import run_cli
 from u2edge.bench.report import table
 from u2edge.bench.run import BenchOptions, add_ratios, configurations, rembg_python, score
-from u2edge.cpu import choose_precision, cpu_features
+from u2edge.cpu import CpuFeatures, choose_precision
 
 pytest.importorskip("openvino", reason="the bench's CPU fast-path rows need OpenVINO: pip install -e '.[cpu]'")
+
+VNNI = CpuFeatures("AMD EPYC (VNNI)", 2, frozenset({"avx512_vnni", "avx512_bf16"}))
+AVX2 = CpuFeatures("an AVX2 CPU", 2, frozenset({"avx2", "fma"}))
+REFERENCE_ROWS = ["u2edge u2netp onnxruntime fp32", "u2edge u2netp openvino fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +59,7 @@ def test_bench_u2netp_rows_json_table_and_plot(own_int8, photo_paths, tmp_path):
     assert auto["accuracy"]["min_iou"] > 0.96 and auto["precision"] == choose_precision("u2netp").precision.value
     assert auto["describe"].startswith(f"u2netp {auto['precision']} (auto: ")  # what auto picked, and why
     assert int8["model_mb"] < fp32["model_mb"] / 2  # INT8 weights
-    if auto["precision"] == "int8":
-        assert auto["model_mb"] < fp32["model_mb"] / 2
+    assert (auto["model_mb"] < fp32["model_mb"] / 2) is (auto["precision"] == "int8")
     for row in rows.values():
         assert row["model"] == "u2netp" and len(row["accuracy"]["per_image"]) == 2
         inf, e2e = row["inference"], row["end_to_end"]
@@ -119,9 +123,10 @@ def test_bench_bad_input(tmp_path):
                                                 "known models: u2netp, u2net"]
 
 
-def test_bench_configurations_per_model(own_int8, photo_paths, tmp_path):
+def test_bench_configurations_per_model(own_int8, photo_paths, tmp_path, monkeypatch):
     """Both models by default, each with its reference first; --int8-model beside its own model;
-    what cannot run is named with the reason."""
+    what cannot run is named with the reason (here rembg's environment and torch are missing)."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch cannot be imported
     nowhere = tmp_path / "nowhere" / "python"
     opts = BenchOptions(images=photo_paths[:1], int8_model=own_int8, rembg_python=nowhere)
     configs = configurations(opts)
@@ -130,15 +135,12 @@ def test_bench_configurations_per_model(own_int8, photo_paths, tmp_path):
                          f"u2edge u2netp openvino int8 ({own_int8.name})"]
     u2net = [c.name for c in configs if c.model == "u2net"]
     assert u2net[:3] == ["u2edge u2net onnxruntime fp32", "u2edge u2net openvino fp32", auto_row("u2net")]
-    assert not any(c.kind == "rembg" for c in configs)
+    assert not any(c.kind in ("rembg", "torch") for c in configs)
     for model in ("u2netp", "u2net"):
         assert (f"rembg {model}: no rembg environment at {nowhere}; run benchmarks/setup_rembg.sh "
                 "(or give --rembg-python)") in opts.skipped
+    assert "PyTorch eager u2netp: torch is not installed; pip install 'u2edge[export]'" in opts.skipped
     assert any(s.startswith("PyTorch eager u2net: not run; u2net in eager PyTorch takes seconds") for s in opts.skipped)
-    torch = pytest.importorskip("torch", reason="the PyTorch rows need torch: pip install torch==2.13.0")
-    assert "PyTorch eager u2netp fp32 (official pipeline)" in names
-    if not torch.cuda.is_available():
-        assert "GPU rows (PyTorch CUDA fp16 + CUDA graphs, eager fp32): no CUDA device" in opts.skipped
     # an INT8 model of u2netp is not measured when only u2net is
     opts = BenchOptions(images=photo_paths[:1], models=("u2net",), int8_model=own_int8, peers=False)
     assert [c.model for c in configurations(opts)] == ["u2net"] * 3
@@ -146,18 +148,34 @@ def test_bench_configurations_per_model(own_int8, photo_paths, tmp_path):
                                "add --model u2netp")
 
 
-def test_bench_auto_without_its_quantization_file(monkeypatch, photo_paths, tmp_path):
-    """A missing INT8 quantization file drops the auto row with the reason, where auto needs it."""
-    monkeypatch.setattr("u2edge.cpu.DATA", tmp_path)
-    opts = BenchOptions(images=photo_paths[:1], models=("u2netp",), peers=False)
+@pytest.mark.torch
+def test_bench_torch_rows(photo_paths):
+    """With torch: the official-style eager pipeline as a peer, and the CUDA rows where torch sees a GPU."""
+    torch = pytest.importorskip("torch", reason="the PyTorch rows need torch: pip install torch==2.13.0")
+    opts = BenchOptions(images=photo_paths[:1], models=("u2netp",))
     names = [c.name for c in configurations(opts)]
-    if cpu_features().int8:
-        assert names == ["u2edge u2netp onnxruntime fp32", "u2edge u2netp openvino fp32"]
-        assert opts.skipped[0] == (f"u2edge u2netp auto: the INT8 quantization file for u2netp is missing "
-                                   f"({tmp_path / 'int8_u2netp.json'}); reinstall u2edge, or regenerate it: "
-                                   "python -m u2edge.export.cpu_int8 --model u2netp")
-    else:  # auto runs FP32 here and needs no quantization file
-        assert names[-1] == "u2edge u2netp auto (fp32)"
+    assert "PyTorch eager u2netp fp32 (official pipeline)" in names
+    gpu_rows = ["u2edge u2netp torch cuda fp32 eager", "u2edge u2netp torch cuda fp16 + CUDA graphs"]
+    no_gpu = "GPU rows (PyTorch CUDA fp16 + CUDA graphs, eager fp32): no CUDA device"
+    cuda = torch.cuda.is_available()
+    assert [name for name in names if name in gpu_rows] == (gpu_rows if cuda else [])
+    assert (no_gpu in opts.skipped) is not cuda
+
+
+@pytest.mark.parametrize("features, rows, file_named", [
+    pytest.param(VNNI, REFERENCE_ROWS, True, id="vnni"),
+    pytest.param(AVX2, REFERENCE_ROWS + ["u2edge u2netp auto (fp32)"], False, id="avx2")])
+def test_bench_auto_without_its_quantization_file(monkeypatch, photo_paths, tmp_path, features, rows, file_named):
+    """A missing INT8 quantization file drops the auto row with the reason where auto needs it (a CPU
+    with VNNI), and does not matter where auto runs FP32 (AVX2 only)."""
+    monkeypatch.setattr("u2edge.cpu.DATA", tmp_path)
+    monkeypatch.setattr("u2edge.cpu.cpu_features", lambda: features)
+    opts = BenchOptions(images=photo_paths[:1], models=("u2netp",), peers=False)
+    assert [c.name for c in configurations(opts)] == rows
+    missing = (f"u2edge u2netp auto: the INT8 quantization file for u2netp is missing "
+               f"({tmp_path / 'int8_u2netp.json'}); reinstall u2edge, or regenerate it: "
+               "python -m u2edge.export.cpu_int8 --model u2netp")
+    assert [s for s in opts.skipped if s.startswith("u2edge u2netp auto")] == ([missing] if file_named else [])
 
 
 def _row(name, model, speed, *, kind="u2edge", peer=False, mask=1.0):

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -224,35 +223,69 @@ def test_file_size_limit_leaves_nothing_behind(tmp_path, photo_paths):
     assert list(tmp_path.iterdir()) == []
 
 
+# Holds a write lease on a file: another process's open() of it then waits until the lease is
+# released (or the kernel's lease-break-time passes, 45 s by default), and this process is told by
+# SIGIO. Single-threaded, so that sigtimedwait takes the SIGIO.
+_LEASE = """
+import fcntl, os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+except OSError as exc:
+    sys.exit(f"no file lease here: {exc}")
+print("leased", flush=True)
+print("opened" if signal.sigtimedwait({signal.SIGIO}, 300) else "never opened", flush=True)
+sys.stdin.readline()
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+"""
+
+
 @pytest.mark.parametrize("sig, rc, message", [(signal.SIGINT, 130, "u2edge: interrupted"),
                                                 (signal.SIGTERM, 143, "u2edge: terminated")])
 def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, photo_paths, sig, rc, message):
+    """The signal arrives while the job certainly runs: its last input is leased, so that the CLI's
+    open() of it waits, after the photos before it went through, until the signal has been sent."""
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(40):
-        shutil.copy(photo_paths[4], src / f"frame{i:02d}.png")
+    sizes = {}
+    for i in range(12):
+        photo = photo_paths[i % len(photo_paths)]
+        shutil.copy(photo, src / f"frame{i:02d}{photo.suffix}")
+        sizes[f"frame{i:02d}.png"] = cv2.imread(str(photo)).shape[:2]
+    last = tmp_path / "last.png"
+    shutil.copy(photo_paths[1], last)
     out = tmp_path / "out"
+    lease = subprocess.Popen([sys.executable, "-c", _LEASE, str(last)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    if lease.stdout.readline() != "leased\n":
+        pytest.skip(f"cannot lease a file in {tmp_path}: {lease.communicate()[1].strip()}")
+    with open("/proc/sys/fs/lease-break-time") as f:
+        if int(f.read()) < 10:  # the CLI's open() waits this long at most
+            lease.communicate("release\n")
+            pytest.skip("fs.lease-break-time is under 10 s here: a leased file holds a reader back too briefly")
 
     def default_sigint():  # a shell's background job starts with SIGINT ignored; a terminal's does not
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    proc = subprocess.Popen([sys.executable, "-m", "u2edge", "image", str(src), "-o", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "u2edge", "image", str(src), str(last), "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-
-    def finished_files():  # a hidden temp file is a write in progress, which a signal rightly discards
-        return [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
-
-    deadline = time.monotonic() + 60
-    while not finished_files() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        assert lease.stdout.readline() == "opened\n"  # the CLI now waits in open() of the last input
+        proc.send_signal(sig)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        lease.communicate("release\n")
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == rc
     assert [line for line in stderr.splitlines() if line.strip()] == [message]
-    written = list(out.iterdir())
-    assert 0 < len(written) < 40 and all(p.suffix == ".png" and not p.name.startswith(".") for p in written)
-    for p in written:
-        assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED) is not None
+    # complete masks of photos done before the signal, nothing hidden, and not the last input's
+    written = sorted(p.name for p in out.iterdir())
+    assert written and set(written) <= set(sizes), written
+    for name in written:
+        assert cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED).shape == sizes[name], name
 
 
 def test_gray_rgba_16bit_and_1x1_files(tmp_path, photos):

@@ -3,6 +3,9 @@ real CUDA graph; without one, one clear line."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -18,15 +21,25 @@ def gpu_or_skip() -> cuda.Cuda:
 
 
 def test_no_device_is_one_line_naming_the_fallback():
-    try:
+    runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python 12.6 or newer")
+    if int(runtime.cudaGetDeviceCount()[0]) == 0:
+        pytest.skip("a CUDA device is here: the GPU tests use it")
+    with pytest.raises(cuda.NoCudaDevice) as caught:
         cuda.load()
-    except cuda.NoCudaDevice as exc:
-        assert str(exc).startswith("no usable CUDA device (") and "\n" not in str(exc)
-        assert "run .onnx or .pth models on the CPU instead" in str(exc)
-    except MissingDependencyError as exc:
-        assert "pip install cuda-python" in str(exc)
-    else:
-        pytest.skip("a CUDA device is here")
+    message = str(caught.value)
+    assert message.startswith("no usable CUDA device (") and "\n" not in message
+    assert "run .onnx or .pth models on the CPU instead" in message
+
+
+def test_without_cuda_python_or_pycuda_the_error_says_what_to_install():
+    """In a process where neither cuda-python nor pycuda can be imported, as after a base install."""
+    code = ("import sys\nfor m in ('cuda', 'pycuda'): sys.modules[m] = None\n"
+            "from u2edge import cuda\nfrom u2edge.errors import MissingDependencyError\n"
+            "try:\n    cuda.load()\nexcept MissingDependencyError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("the GPU backends need cuda-python or pycuda: pip install cuda-python "
+                                   "(Jetson: pip3 install cuda-python, or pycuda)")
 
 
 def test_without_a_driver_each_call_reaches_the_runtime_and_fails_in_one_line():

@@ -13,6 +13,8 @@ from conftest import PHOTOS
 from u2edge import U2EdgeEngine, to_bgr8
 from u2edge.errors import ImageError, ModelFormatError
 
+TORCH = "PyTorch runs .pth models: pip install torch==2.13.0 -e '.[export]'"
+
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0.5, b > 0.5
@@ -79,6 +81,7 @@ def test_fixed_batch_models_pad_and_dynamic_ones_stack(tmp_path, photos):
                 assert np.abs(a - b).max() < 1e-4
 
 
+@pytest.mark.torch
 def test_pth_backend_gives_the_same_masks(official_checkpoint, engine, photos):
     with U2EdgeEngine(official_checkpoint) as eng:
         assert eng.backend.name == "torch"
@@ -140,24 +143,33 @@ def test_bad_max_batch_and_stale_metadata(tmp_path, official_onnx):
         U2EdgeEngine(tmp_path / "stale.onnx")
 
 
-def test_torch_backend_device_choices(official_checkpoint):
-    import torch
-
-    from u2edge.cuda import NoCudaDevice
+@pytest.mark.torch
+def test_torch_backend_refuses_an_unknown_device(official_checkpoint):
+    pytest.importorskip("torch", reason=TORCH)
     from u2edge.errors import U2EdgeError
 
-    if not torch.cuda.is_available():
-        with pytest.raises(NoCudaDevice, match=r"device='cuda' but this torch .* sees no CUDA device; use device='cpu'"):
-            U2EdgeEngine(official_checkpoint, device="cuda")
-        with pytest.raises(U2EdgeError, match="half=True needs a CUDA device"):
-            U2EdgeEngine(official_checkpoint, half=True)
     with pytest.raises(U2EdgeError, match="device=.tpu.: use .cpu., .cuda. or .cuda:N."):
         U2EdgeEngine(official_checkpoint, device="tpu")
 
 
+@pytest.mark.torch
+def test_torch_backend_without_cuda_says_to_use_the_cpu(official_checkpoint):
+    torch = pytest.importorskip("torch", reason=TORCH)
+    if torch.cuda.is_available():
+        pytest.skip("this torch sees a CUDA device: the GPU tests run it")
+    from u2edge.cuda import NoCudaDevice
+    from u2edge.errors import U2EdgeError
+
+    with pytest.raises(NoCudaDevice, match=r"device='cuda' but this torch .* sees no CUDA device; use device='cpu'"):
+        U2EdgeEngine(official_checkpoint, device="cuda")
+    with pytest.raises(U2EdgeError, match="half=True needs a CUDA device"):
+        U2EdgeEngine(official_checkpoint, half=True)
+
+
 @pytest.mark.gpu
+@pytest.mark.torch
 def test_torch_cuda_fp16_with_cuda_graphs_matches_onnxruntime(official_checkpoint, engine, photos):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=TORCH)
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA build of torch on a GPU machine")
     with U2EdgeEngine(official_checkpoint, device="cuda") as gpu, \
@@ -173,10 +185,11 @@ def test_torch_cuda_fp16_with_cuda_graphs_matches_onnxruntime(official_checkpoin
 
 
 @pytest.mark.gpu
+@pytest.mark.torch
 def test_the_gpu_frame_path_matches_the_cpu_one(official_checkpoint, photos):
     """u2edge._native pre- and post-processes on the network's device buffers (u2edge.framepath),
     here through PyTorch on CUDA in FP32, against the same model with CPU pre/post-processing."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=TORCH)
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA build of torch on a GPU machine")
     from u2edge.native import load

@@ -40,8 +40,10 @@ def native():
 def test_pip_install_compiled_it_for_jetson_and_desktop_gpus(native):
     assert {"preprocess", "postprocess", "composite", "preprocess_device", "postprocess_device"} <= set(dir(native))
     assert {"preprocess", "postprocess", "composite"} <= set(dir(native.cpu))
-    if os.environ.get("U2EDGE_CUDA_ARCHITECTURES") is None:  # the default list: Orin, Ampere to Blackwell
-        assert {"75", "80", "86", "87", "89", "90"} <= set(native.CUDA_ARCHITECTURES.split())
+    # what U2EDGE_CUDA_ARCHITECTURES asked for at install time, else the default list: Orin, Ampere to Blackwell
+    asked = os.environ.get("U2EDGE_CUDA_ARCHITECTURES")
+    wanted = set(asked.replace(",", ";").split(";")) if asked else {"75", "80", "86", "87", "89", "90"}
+    assert wanted <= set(native.CUDA_ARCHITECTURES.split())
     assert (native.CUTOUT, native.COLOR, native.IMAGE, native.BLUR) == (0, 1, 2, 3)
 
 
@@ -105,15 +107,16 @@ def test_preprocess_matches_the_cpu_reference(kernels, photos):
     for name, frame in _frames(photos).items():
         out = kernels.preprocess(frame, spec.imgsz, spec.mean, spec.std, True, True)
         cpu = preprocess(frame, spec)
-        # on the 0..1 pixel scale (before mean/std), within one 8-bit level
+        # on the CPU, the same operations as cv2.resize and numpy in the same order: the same numbers;
+        # on a GPU, within one 8-bit level on the 0..1 pixel scale (before mean/std)
+        exact = _on_cpu(kernels)
         err = np.abs(out - cpu) * np.asarray(spec.std, np.float32)[:, None, None]
-        assert err.max() <= 1 / 255 + 1e-5, (name, err.max())
+        assert err.max() <= (0 if exact else 1 / 255 + 1e-5), (name, err.max())
         half = kernels.preprocess(frame, spec.imgsz, spec.mean, spec.std, True, True, half=True)
         assert half.dtype == np.float16
         assert np.abs(half.astype(np.float32) - cpu).max() <= 0.01, name  # FP16 rounding of values up to 2.7
-        if _on_cpu(kernels):  # the same operations as cv2.resize and numpy, in the same order
-            assert np.array_equal(out, cpu), name
-            assert np.array_equal(half, cpu.astype(np.float16)), name
+        half_err = np.abs(half.astype(np.float32) - cpu.astype(np.float16).astype(np.float32)).max()
+        assert half_err <= (0 if exact else 0.02), (name, half_err)
 
 
 def _on_cpu(kernels) -> bool:
@@ -196,9 +199,8 @@ def test_the_frame_path_gives_the_cpu_paths_masks(native, photos, engine):
                 for frame, mask in zip(batch, masks):
                     assert mask.shape == frame.shape[:2]
                     err = np.abs(mask - expected[id(frame)])
-                    if half:  # the FP16 input rounds values up to 2.7 by up to 1e-3
-                        assert err.mean() < 2e-3 and err.max() < 0.1, (err.mean(), err.max())
-                    else:
-                        assert err.max() < 1e-4, err.max()
+                    # the FP16 input rounds values up to 2.7 by up to 1e-3
+                    mean_limit, max_limit = (2e-3, 0.1) if half else (1e-4, 1e-4)
+                    assert err.mean() < mean_limit and err.max() < max_limit, (half, err.mean(), err.max())
         path.close()
     assert memory.buffers == {}  # close() freed every staging buffer

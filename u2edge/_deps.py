@@ -38,5 +38,9 @@ def require(module: str) -> ModuleType:
 
 
 def available(module: str) -> bool:
-    """Whether ``module`` can be found, without importing it."""
-    return importlib.util.find_spec(module) is not None
+    """Whether ``module`` can be found, without importing it (its parent package, for a dotted
+    name such as ``cuda.bindings``, is imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing: find_spec raises instead of returning None
+        return False
