@@ -81,7 +81,8 @@ def test_a_temp_folder_a_killed_process_left_is_removed_by_the_next_one(tmp_path
     code = ("import os, signal\nfrom u2edge._files import temp_folder\n"
             "with temp_folder('u2edge-build') as folder:\n    (folder / 'fp32.onnx').write_bytes(b'half')\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.returncode == -signal.SIGKILL
     (orphan,) = tmp_path.iterdir()
     with _files.temp_folder("u2edge-build") as folder:

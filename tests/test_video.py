@@ -107,8 +107,8 @@ def test_folder_source_skips_a_corrupt_frame(photo_paths, tmp_path):
     stats = json.loads(proc.stdout)
     assert stats["frames"]["written"] == 3 and stats["frames"]["corrupt"] == 1
     assert [line for line in proc.stderr.splitlines() if line.startswith("u2edge:")] == [
-        f"u2edge: skipping a frame: {folder / '1b_broken.png'}: not a readable image (corrupt, empty, or an unsupported "
-        "format)"]
+        f"u2edge: skipping a frame: {folder / '1b_broken.png'}: not a readable image (corrupt, empty, or an "
+        "unsupported format)"]
     outs = sorted((tmp_path / "out").iterdir())
     assert len(outs) == 3 and all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape[2] == 4 for p in outs)
 

@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 
 from .errors import OutputError
 
-__all__ = ["write_bytes_atomic", "partial_file", "temp_folder", "default_mode", "output_folder", "write_failure", "locked",
-           "NO_ROOM"]
+__all__ = ["write_bytes_atomic", "partial_file", "temp_folder", "default_mode", "output_folder", "write_failure",
+           "locked", "NO_ROOM"]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data) -> Path:

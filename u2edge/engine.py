@@ -16,12 +16,15 @@ import numpy as np
 from . import cpu
 from .backends import Backend, choose, open_backend
 from .errors import U2EdgeError
-from .processing import postprocess, preprocess
+from .processing import check_frame, postprocess, preprocess
 from .precision import RUNTIME_PRECISIONS, Precision
 
 __all__ = ["U2EdgeEngine", "Pending"]
 
 log = logging.getLogger("u2edge")
+
+
+STAGES = ("preprocess", "infer", "postprocess")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Pending:
     sizes: list[tuple[int, int]]
     ticket: object = None
     gpu_frames: bool = False
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("preprocess", "infer", "postprocess"), 0.0))
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
 
 class U2EdgeEngine:
@@ -111,6 +114,8 @@ class U2EdgeEngine:
         batches may be under way at once."""
         if not 1 <= len(frames) <= self.max_batch:
             raise U2EdgeError(f"{len(frames)} frames: this engine takes 1 to {self.max_batch} at once")
+        for frame in frames:
+            check_frame(frame)
         pending = Pending([frame.shape[:2] for frame in frames], gpu_frames=self.backend.gpu_frames)
         started = time.perf_counter()
         if pending.gpu_frames:  # the frames go up as uint8, the masks come down at frame size
