@@ -34,22 +34,21 @@ BACKGROUNDS = ("grass.png", "brick.png", "gravel.png")
 SCENE = 100  # frames each subject slides for
 
 
-def rss_mib() -> float:
-    """This process's resident set size now (VmRSS), in MiB."""
+def status_mib(field: str) -> float:
+    """A memory line of /proc/self/status in MiB: VmRSS (resident now) or VmHWM (the peak so far)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status: the soak run needs Linux")
+    raise RuntimeError(f"no {field} in /proc/self/status: the soak run needs Linux")
+
+
+def rss_mib() -> float:
+    return status_mib("VmRSS")
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far (VmHWM), in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status: the soak run needs Linux")
+    return status_mib("VmHWM")
 
 
 def write_stream(path: Path, frames: int, size: tuple[int, int], fps: float = 30.0) -> Path:
