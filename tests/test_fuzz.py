@@ -21,11 +21,9 @@ from u2edge.errors import SourceError
 from u2edge.images import MAX_PIXELS, write_image
 from u2edge.video import Pipeline, open_sink, open_source
 
-# the CLI's peak resident memory over the corpus: usually about 290 MB (EPYC, OpenVINO INT8 U2-NetP), but
-# a fresh CI run once reached 3.3 GB (not yet explained). An image at the limit may take MAX_PIXELS x 3
-# channels x 2 bytes (16-bit) = 805 MB to decode, plus its 8-bit copy; the 60000x60000 headers in the
-# corpus would take 10.8 GB each if decoded. The bound separates those two.
-PEAK_RSS_BOUND = 4 << 30
+# the CLI's peak resident memory over the corpus: about 290 MB here (EPYC, OpenVINO INT8 U2-NetP); the bomb
+# in the corpus alone, decoded, took the old code to 1.4 GB
+PEAK_RSS_BOUND = 1 << 30
 
 
 def digest(path: Path) -> str:

@@ -197,15 +197,31 @@ def outcome(cases: list[FuzzInput], outdir: Path, stderr: str) -> dict:
             "lines": lines}
 
 
+# Runs ARGV and writes its peak RSS (KiB) to the file PEAK, passing its exit status on. It stands
+# between the caller and the command because Linux carries a process's high-water RSS across exec:
+# a command started straight from a large process (a long pytest session) would report that
+# process's peak as its own. This small process's peak is what its child inherits instead.
+_MEASURE = """
+import os, signal, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as peak:
+    peak.write(str(usage.ru_maxrss))
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.WEXITSTATUS(status))
+"""
+
+
 def run_measured(*args, env: dict | None = None) -> tuple[int, str, str, int]:
-    """``python -m u2edge ARGS`` in a subprocess: (exit status, stdout, stderr, the subprocess's
-    own peak resident memory in bytes). A death by signal is a negative status."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "u2edge", *map(str, args)], stdout=out, stderr=err,
-                                env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone, not that of every child so far
-        proc.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    """``python -m u2edge ARGS`` in a subprocess: (exit status, stdout, stderr, the command's own
+    peak resident memory in bytes, on Linux). A death by signal is a negative status."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, peak.name, sys.executable, "-m", "u2edge",
+                               *map(str, args)], stdout=out, stderr=err, env={**os.environ, **(env or {})})
         out.seek(0)
         err.seek(0)
-        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
-        return proc.returncode, out.read().decode(), err.read().decode(errors="replace"), peak
+        kib = peak.read()
+        return proc.returncode, out.read().decode(), err.read().decode(errors="replace"), int(kib or 0) * 1024
