@@ -68,7 +68,7 @@ def test_a_write_killed_with_sigkill_leaves_nothing_after_the_next_write(tmp_pat
     (orphan,) = tmp_path.iterdir()
     assert orphan.name.startswith(".mask.png.") and orphan.name.endswith(".partial")
     with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as alive:
-        busy = tmp_path / f".mask.png.{alive.pid}.abcdef.partial"  # another writer, still running
+        busy = tmp_path / f".mask.png.{alive.pid}.abcdefgh.partial"  # another writer, still running
         busy.write_bytes(b"in progress")
         write_bytes_atomic(target, b"the whole file")
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([busy.name, "mask.png"])

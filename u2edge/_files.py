@@ -44,12 +44,10 @@ def write_bytes_atomic(path: str | os.PathLike, data) -> Path:
 
 def partial_file(path: Path, suffix: str = "") -> tuple[int, str]:
     """A new temp file beside ``path`` with the usual mode, open for writing: (fd, its path), named
-    ``.NAME.PID.XXXXXX.partial`` + ``suffix``. The temp files of ``path`` that processes no longer
-    running left (killed with -9, which no ``finally`` survives) are removed first, so a rerun
-    after a crash leaves nothing behind."""
-    for stale in _orphans(path):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+    ``.NAME.PID.XXXXXXXX.partial`` + ``suffix``. The first time a process writes into a folder, the
+    temp files there that processes no longer running left (killed with -9, which no ``finally``
+    survives) are removed, so a rerun after a crash leaves nothing behind."""
+    _sweep(path.parent, r"\..+\.(\d+)\.[a-z0-9_]{8}\.partial", os.unlink)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial" + suffix, dir=path.parent)
     try:
         os.fchmod(fd, default_mode())  # mkstemp makes 0600; give the usual mode
@@ -62,30 +60,33 @@ def partial_file(path: Path, suffix: str = "") -> tuple[int, str]:
 
 @contextlib.contextmanager
 def temp_folder(prefix: str) -> Iterator[Path]:
-    """A private temp folder (removed at the end) named ``PREFIX-PID-XXXXXX``; those that processes
-    no longer running left behind are removed first."""
-    parent = Path(tempfile.gettempdir())
-    for stale in _orphans(parent, rf"{re.escape(prefix)}-(\d+)-"):
-        shutil.rmtree(stale, ignore_errors=True)
+    """A private temp folder (removed at the end) named ``PREFIX-PID-XXXXXXXX``; the first time a
+    process asks for one, those that processes no longer running left behind are removed."""
+    _sweep(Path(tempfile.gettempdir()), rf"{re.escape(prefix)}-(\d+)-", shutil.rmtree)
     with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}-") as folder:
         yield Path(folder)
 
 
-def _orphans(path: Path, pattern: str | None = None) -> list[Path]:
-    """The temp files of ``path`` (or the entries of the folder ``path`` matching ``pattern``, whose
-    group 1 is a process id) whose process no longer runs."""
-    folder = path if pattern else path.parent
-    regex = re.compile(pattern or rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.partial")
+_swept: set[tuple[str, str]] = set()  # (folder, pattern) already swept by this process: once is enough
+
+
+def _sweep(folder: Path, pattern: str, remove: Callable[[Path], None]) -> None:
+    """Remove the entries of ``folder`` matching ``pattern`` (its group 1 a process id) whose process
+    no longer runs; once per process, so that writing many files into one folder lists it once."""
+    key = (os.fspath(folder), pattern)
+    if key in _swept:
+        return
+    _swept.add(key)
+    regex = re.compile(pattern)
     try:
         names = os.listdir(folder)
     except OSError:
-        return []
-    found = []
+        return
     for name in names:
         match = regex.match(name)
         if match and not _running(int(match.group(1))):
-            found.append(folder / name)
-    return found
+            with contextlib.suppress(OSError):
+                remove(folder / name)
 
 
 def _running(pid: int) -> bool:
