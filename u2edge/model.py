@@ -103,6 +103,13 @@ class U2Net(nn.Module):
         self.outconv = nn.Conv2d(6, 1, 1)
 
     def forward(self, x):
+        if self.fused_only:
+            return torch.sigmoid(self.logits(x)[0])
+        return tuple(torch.sigmoid(d) for d in self.logits(x))
+
+    def logits(self, x):
+        """The seven maps before the sigmoid (d0 fused, then d1..d6): what training takes its loss on,
+        since BCE on logits is the same objective as BCE on the sigmoid, without its overflow."""
         encoded = []
         hx = x
         for i in range(1, 7):
@@ -117,10 +124,7 @@ class U2Net(nn.Module):
             decoded[k] = hx
         d1 = self.side1(decoded[1])
         sides = [d1] + [_upsample_like(getattr(self, f"side{k}")(decoded[k]), d1) for k in range(2, 7)]
-        d0 = self.outconv(torch.cat(sides, 1))
-        if self.fused_only:
-            return torch.sigmoid(d0)
-        return tuple(torch.sigmoid(d) for d in [d0] + sides)
+        return (self.outconv(torch.cat(sides, 1)), *sides)
 
     @property
     def arch(self) -> str:
@@ -233,8 +237,14 @@ def _read_checkpoint(path: Path) -> tuple[str | None, dict]:
     return arch, ckpt
 
 
-def save_checkpoint(model: U2Net, path: str | os.PathLike) -> None:
-    """Save a u2edge checkpoint: the state dict plus the architecture, written atomically."""
+def save_checkpoint(model: U2Net, path: str | os.PathLike, *, train: dict | None = None) -> None:
+    """Save a u2edge checkpoint: the state dict (on the CPU) plus the architecture, written
+    atomically. ``train`` is what ``u2edge train --resume`` needs to continue (optimizer, epoch,
+    history); loading the weights ignores it."""
+    state = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())
+    ckpt = {"format": "u2edge", "arch": model.arch, "state_dict": state}
+    if train is not None:
+        ckpt["train"] = train
     buffer = io.BytesIO()
-    torch.save({"format": "u2edge", "arch": model.arch, "state_dict": model.state_dict()}, buffer)
+    torch.save(ckpt, buffer)
     write_bytes_atomic(path, buffer.getvalue())
