@@ -22,8 +22,8 @@ import numpy as np
 from ._files import write_bytes_atomic
 from .errors import ImageError, OutputError, U2EdgeError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "MAX_PIXELS_ENV", "expand_inputs", "image_size", "pixel_limit",
-           "read_image", "read_mask", "to_bgr8", "write_image"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "MAX_PIXELS_ENV", "expand_inputs", "image_size", "pair_files",
+           "pixel_limit", "read_image", "read_mask", "to_bgr8", "write_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
 
@@ -60,6 +60,27 @@ def expand_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
     for path in found:
         unique.setdefault(path.resolve(), path)
     return list(unique.values()), problems
+
+
+def pair_files(images: Path, masks: Path, *, names: tuple[str, str] = ("images", "masks")
+               ) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, mask) pairs of two folders by file name without its suffix (as ECSSD, DUTS and
+    most SOD datasets lay them out), and one problem line for every image without a mask.
+    ``names`` are the two folders' parameter names, for the error when there is nothing to pair."""
+    for folder, name in zip((images, masks), names):
+        if not folder.is_dir():
+            raise U2EdgeError(lambda spell, name=name, folder=folder: f"{spell(name)} {folder} is not a folder")
+    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    found, problems = [], []
+    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        mask = by_stem.get(image.stem)
+        if mask is None:
+            problems.append(f"{image}: no mask named {image.stem}.* in {masks}")
+        else:
+            found.append((image, mask))
+    if not found:
+        raise U2EdgeError(f"no image in {images} has a mask of the same name in {masks}")
+    return found, problems
 
 
 def to_bgr8(image: np.ndarray) -> np.ndarray:
@@ -172,9 +193,25 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.
         raise ImageError(f"{path}: {exc}") from None
 
 
-def read_mask(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
-    """Decode a mask file as HxW uint8; the same checks as ``read_image``."""
-    return _decode(Path(path), cv2.IMREAD_GRAYSCALE, max_pixels)
+def read_mask(path: str | os.PathLike, *, max_pixels: int | None = None, strict: bool = False) -> np.ndarray:
+    """Decode a mask file as HxW uint8; the same checks as ``read_image``. A color file is turned
+    gray, unless ``strict`` (training labels): then only a gray file, or one whose color channels
+    are equal, is a mask, and any other is an ``ImageError``."""
+    path = Path(path)
+    if not strict:
+        return _decode(path, cv2.IMREAD_GRAYSCALE, max_pixels)
+    mask = _decode(path, cv2.IMREAD_UNCHANGED, max_pixels)
+    if mask.dtype == np.uint16:
+        mask = (mask >> 8).astype(np.uint8)
+    elif mask.dtype != np.uint8:
+        raise ImageError(f"{path}: {mask.dtype} pixels; a mask is 8- or 16-bit gray")
+    if mask.ndim == 3:
+        color = mask[:, :, :3]
+        if mask.shape[2] == 2 or (color != color[:, :, :1]).any():
+            raise ImageError(f"{path}: a {mask.shape[2]}-channel image whose channels differ is not a mask; "
+                             "save masks single-channel (8-bit gray PNG, white = object)")
+        mask = np.ascontiguousarray(color[:, :, 0])
+    return mask
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 
 from ..errors import ImageError, U2EdgeError
-from ..images import IMAGE_SUFFIXES, pixel_limit, read_image, read_mask
+from ..images import pair_files, pixel_limit, read_image, read_mask
 from ..metrics import SODMetrics
 from .options import add_engine_option, add_json_option, add_max_pixels_option, open_engine, print_json
 from .progress import Progress
@@ -38,27 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_option(parser)
 
 
-def pairs(images: Path, masks: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(image, mask) pairs by stem, and a problem line for every image without a mask."""
-    for folder, flag in ((images, "--images"), (masks, "--masks")):
-        if not folder.is_dir():
-            raise U2EdgeError(f"{flag} {folder} is not a folder")
-    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    found, problems = [], []
-    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        mask = by_stem.get(image.stem)
-        if mask is None:
-            problems.append(f"{image}: no mask named {image.stem}.* in {masks}")
-        else:
-            found.append((image, mask))
-    if not found:
-        raise U2EdgeError(f"no image in {images} has a mask of the same name in {masks}")
-    return found, problems
-
-
 def run(args: argparse.Namespace) -> int:
     limit = pixel_limit(args.max_pixels)
-    found, problems = pairs(Path(args.images), Path(args.masks))
+    found, problems = pair_files(Path(args.images), Path(args.masks))
     if args.limit:
         found = found[:args.limit]
     metrics = SODMetrics()
