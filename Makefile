@@ -24,7 +24,7 @@ $(VENV)/.demo: pyproject.toml
 $(VENV)/.test: pyproject.toml benchmarks/setup_rembg.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[export,dev,rtx,cpu]'
+	$(PIP) -e '.[export,train,dev,rtx,cpu]'
 	benchmarks/setup_rembg.sh $(PY)
 	touch $@
 

@@ -11,8 +11,8 @@ from .errors import MissingDependencyError
 # module name -> (what it is for, how to install it)
 _HINTS: dict[str, tuple[str, str]] = {
     "torch": (
-        "PyTorch models and export",
-        "pip install 'u2edge[export]' (desktop, CPU: pip install torch==2.13.0; "
+        "PyTorch models, export and training",
+        "pip install 'u2edge[export]' or 'u2edge[train]' (desktop, CPU: pip install torch==2.13.0; "
         "Jetson: NVIDIA's JetPack torch wheel)",
     ),
     "onnx": ("ONNX graph editing and export", "pip install 'u2edge[export]'"),
@@ -20,7 +20,7 @@ _HINTS: dict[str, tuple[str, str]] = {
     "onnxconverter_common": ("FP16 engines", "pip install 'u2edge[export]'"),
     "openvino": ("the OpenVINO backend (the CPU fast path)",
                  "pip install openvino (a base dependency of u2edge on x86-64)"),
-    "matplotlib": ("the benchmark plot", "pip install matplotlib"),
+    "matplotlib": ("the benchmark plot and training curves", "pip install matplotlib"),
     "cv2": ("images and video", "pip install opencv-python (Jetson: JetPack's python3-opencv)"),
 }
 
