@@ -123,6 +123,7 @@ def test_command_errors_are_one_line(tmp_path, dataset):
         (("--images", images, "--masks", masks, "--imgsz", "100"), "--imgsz 100 is not a positive multiple of 32"),
         (("--images", images, "--masks", masks, "--val-split", "1"), "--val-split 1.0 must be in [0, 1)"),
         (("--images", str(tmp_path / "none"), "--masks", masks), f"--images {tmp_path / 'none'} is not a folder"),
+        (("--images", images, "--masks", masks, "--device", "tpu"), "--device tpu: use cpu, cuda or cuda:N"),
     ]
     for options, message in cases:
         proc = run_cli("train", *options, "-o", tmp_path / "run", check_rc=1)
@@ -283,6 +284,7 @@ def test_ctrl_c_saves_and_resume_continues_the_same_curve(composite_photos, tmp_
         if theirs["loss"] is not None:  # epoch 0 scores the starting weights, before any training
             assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-6)
         assert ours["val"] == pytest.approx(theirs["val"], rel=1e-6, abs=1e-9)
+    assert json.loads(proc.stdout)["best_epoch"] == reference.best_epoch
     weights = torch.load(stopped / "last.pth", weights_only=True)["state_dict"]
     expected = torch.load(tmp_path / "reference" / "last.pth", weights_only=True)["state_dict"]
     assert max(float((weights[k].float() - expected[k].float()).abs().max()) for k in expected) < 1e-5

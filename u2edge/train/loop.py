@@ -275,12 +275,15 @@ class _Trainer:
         from ..model import U2Net, load_weights
 
         self.config, self.run, self.progress = config, run, progress
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError:  # torch's own list of device types
+            self.device = None
+        if self.device is None or self.device.type not in ("cpu", "cuda"):
+            raise U2EdgeError(lambda spell: f"{spell('device')} {config.device}: use cpu, cuda or cuda:N")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise U2EdgeError(lambda spell: f"{spell('device')} {config.device}: this torch ({torch.__version__}) "
                                             "sees no CUDA device; use cpu, or a CUDA build of torch on a GPU")
-        if self.device.type not in ("cpu", "cuda"):
-            raise U2EdgeError(lambda spell: f"{spell('device')} {config.device}: use cpu, cuda or cuda:N")
         self.workers = config.workers if config.workers is not None else \
             (min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0)
         self.max_pixels = pixel_limit(config.max_pixels)
@@ -294,8 +297,8 @@ class _Trainer:
         # channels_last: 1.35x faster on a CPU (oneDNN), and what tensor cores want on a GPU
         self.model.to(self.device, memory_format=torch.channels_last)
         self.frozen_bn = config.weights != "none"
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                                          weight_decay=0)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999),
+                                          eps=1e-8, weight_decay=0)
         self.scaler = torch.amp.GradScaler("cuda") if config.amp and self.device.type == "cuda" else None
         if state is None:
             self.train_pairs, self.val_pairs, self.problems = self._data()
@@ -388,8 +391,8 @@ class _Trainer:
                          "images_per_s": round(images_per_s, 3)}
                 self.history.append(entry)
                 self.epoch, self.step, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+                self._keep_best(entry)  # first, so that last.pth knows the best so far
                 self._save_last()
-                self._keep_best(entry)
                 self._report()
                 self._log(entry)
         return TrainResult(self.run, self.history, self.best["epoch"], self.problems)
