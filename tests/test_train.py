@@ -227,14 +227,14 @@ def test_the_checkpoint_builds_a_tensorrt_plan(finetuned, tmp_path):
 
 @pytest.mark.torch
 def test_a_bad_pair_is_reported_and_the_others_train(composite_photos, tmp_path):
-    """Exit 1 and one line for the bad pair; the run trains on the rest, here in BF16 without a
-    validation set, so best.pth follows the training loss."""
+    """Exit 1 and one line for the bad pair; the run trains on the rest, here in BF16 with a loader
+    process and without a validation set, so best.pth follows the training loss."""
     pytest.importorskip("torch", reason="training needs PyTorch")
     data = write_composites(tmp_path / "set", composite_photos, 6, seed=4, size=(160, 120))
     (data / "images" / "0005.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     run = tmp_path / "run"
     proc = run_cli("train", "--images", data / "images", "--masks", data / "masks", "--val-split", "0", "--amp",
-                   "--imgsz", "64", "--batch", "2", "--epochs", "2", "-o", run, check_rc=1)
+                   "--imgsz", "64", "--batch", "2", "--epochs", "2", "--workers", "1", "-o", run, check_rc=1)
     errors = [line for line in proc.stderr.splitlines() if "0005.png" in line]
     assert len(errors) == 1 and "not a readable image" in errors[0], proc.stderr
     metrics = json.loads((run / "metrics.json").read_text())
@@ -337,3 +337,28 @@ def test_the_teacher_u2net_labels_the_images(composite_photos, tmp_path):
             assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-6
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_pairs"] == 3 and metrics["val_pairs"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.torch
+def test_training_on_a_cuda_gpu_in_fp16_resumes_on_the_cpu(composite_photos, tmp_path):
+    """--device cuda --amp (FP16 with a gradient scaler, loader workers), the teacher on the GPU,
+    and the run carried on on the CPU."""
+    torch = pytest.importorskip("torch", reason="needs PyTorch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and a CUDA build of torch")
+    data = write_composites(tmp_path / "set", composite_photos, 8, seed=10, size=(160, 120))
+    run = tmp_path / "run"
+    run_cli("train", "--images", data / "images", "--masks", data / "masks", "--device", "cuda", "--amp",
+            "--workers", "2", *FAST, "--epochs", "1", "-o", run)
+    state = torch.load(run / "last.pth", weights_only=True)["train"]
+    assert state["scaler"] is not None and state["config"]["device"] == "cuda"
+    run_cli("train", "--resume", run, "--device", "cpu", "--epochs", "2")
+    assert json.loads((run / "metrics.json").read_text())["epochs_done"] == 2
+    teacher = tmp_path / "teacher"
+    run_cli("train", "--images", data / "images", "--teacher", "u2net", "--device", "cuda", *FAST, "--epochs", "1",
+            "-o", teacher)
+    with U2EdgeEngine(model="u2net", precision="fp32") as reference:
+        expected = reference(read_image(data / "images" / "0000.png"))
+    got = read_mask(teacher / "teacher" / "train" / "0000.png.png").astype(np.float32) / 255
+    assert np.abs(got - expected).mean() < 0.01  # PyTorch on the GPU against OpenVINO on the CPU, both FP32
