@@ -3,7 +3,6 @@ run folder, where the student trains on them as it would on hand-made masks."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +14,6 @@ from ..weights import WEIGHTS, default_onnx
 from .data import Pair
 
 __all__ = ["open_teacher", "teacher_pairs"]
-
-log = logging.getLogger("u2edge")
 
 
 def open_teacher(teacher: str, device: str):
