@@ -159,6 +159,7 @@ class _Quiet:
 def train(config: TrainConfig, *, progress: ProgressFactory = _Quiet) -> TrainResult:
     """Train a new run into ``config.output`` (which must not hold one already)."""
     config.check()
+    require("torch")  # before anything is written
     run = Path(config.output)
     if (run / "last.pth").exists():
         raise U2EdgeError(lambda spell: f"{run} already holds a training run; continue it with "
