@@ -197,15 +197,14 @@ def test_fine_tuning_beats_the_official_weights_on_new_composites(finetuned):
 @pytest.mark.torch
 @pytest.mark.slow
 def test_the_checkpoint_exports_evaluates_and_runs(finetuned, tuned_onnx, dataset, tmp_path):
-    run, summary, _ = finetuned
+    run, _, _ = finetuned
     _, test_set = dataset
     best = json.loads((run / "metrics.json").read_text())["best"]
-    onnx = tuned_onnx
-    scored = json.loads(run_cli("eval", "--engine", onnx, "--images", test_set / "images", "--masks",
+    scored = json.loads(run_cli("eval", "--engine", tuned_onnx, "--images", test_set / "images", "--masks",
                                 test_set / "masks", "--json").stdout)
     assert scored["mae"] == pytest.approx(best["score"], abs=2e-3)  # the run's own validation, reproduced
     image = read_image(test_set / "images" / "0000.png")
-    with U2EdgeEngine(run / "best.pth", imgsz=160) as checkpoint, U2EdgeEngine(onnx) as exported:
+    with U2EdgeEngine(run / "best.pth", imgsz=160) as checkpoint, U2EdgeEngine(tuned_onnx) as exported:
         assert np.abs(checkpoint(image) - exported(image)).max() < 0.02
     run_cli("image", "--engine", run / "best.pth", test_set / "images" / "0000.png", "-o", tmp_path / "out")
     assert read_mask(tmp_path / "out" / "0000.png").shape == image.shape[:2]
