@@ -219,13 +219,19 @@ def _existing(path: str | os.PathLike) -> Path:
     return path
 
 
-def _read_checkpoint(path: Path) -> tuple[str | None, dict]:
-    """(architecture if known, state dict) of an official or u2edge ``.pth``."""
+def load_pth(path: Path):
+    """What a ``.pth`` holds, on the CPU, loaded without running code; one WeightsError line if
+    it cannot be read."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged archive
         raise WeightsError(f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}); "
                            "the file is corrupt or not a .pth") from exc
+
+
+def _read_checkpoint(path: Path) -> tuple[str | None, dict]:
+    """(architecture if known, state dict) of an official or u2edge ``.pth``."""
+    ckpt = load_pth(path)
     arch = None
     if isinstance(ckpt, dict) and ckpt.get("format") == "u2edge":
         arch, ckpt = ckpt.get("arch"), ckpt.get("state_dict")

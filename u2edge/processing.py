@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ImageError
 
-__all__ = ["Preprocessing", "check_frame", "preprocess", "postprocess", "METADATA_PREFIX"]
+__all__ = ["Preprocessing", "check_frame", "resize_square", "preprocess", "postprocess", "METADATA_PREFIX"]
 
 METADATA_PREFIX = "u2edge."
 
@@ -67,14 +67,20 @@ def check_frame(frame: np.ndarray) -> None:
         )
 
 
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` resized to ``size`` x ``size``, ignoring aspect ratio: area averaging when both
+    sides shrink, bilinear otherwise."""
+    h, w = image.shape[:2]
+    shrink = h >= size and w >= size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def preprocess(frame: np.ndarray, spec: Preprocessing, *, rgb: bool = False,
                out: np.ndarray | None = None) -> np.ndarray:
     """HxWx3 uint8 (BGR, or RGB with ``rgb=True``) -> 3xSxS float32 network input."""
     check_frame(frame)
     size = spec.imgsz
-    h, w = frame.shape[:2]
-    shrink = h >= size and w >= size
-    small = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    small = resize_square(frame, size)
     if (spec.channel_order == "RGB") != rgb:
         small = small[:, :, ::-1]
     peak = float(small.max()) if spec.max_normalize else 255.0

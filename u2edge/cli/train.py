@@ -25,7 +25,7 @@ import argparse
 
 from ..errors import U2EdgeError
 from ..train import TrainConfig, resume, train
-from ..train.loop import FINE_TUNE_LR, FROM_SCRATCH_LR
+from ..train.loop import FINE_TUNE_LR, FROM_SCRATCH_LR, RESUME_CHANGES
 from .options import add_json_option, add_max_pixels_option, add_model_option, print_json
 from .progress import Progress
 
@@ -33,8 +33,7 @@ from .progress import Progress
 # the defaults have one owner, TrainConfig: every option is None until given, so that --resume can
 # tell what was given
 DEFAULT = TrainConfig(output="")
-FIXED = ("images", "masks", "val_images", "val_masks", "val_split", "teacher", "max_pixels", "model", "weights",
-         "batch", "imgsz", "lr", "seed", "amp")
+FIXED = tuple(name for name in TrainConfig.__dataclass_fields__ if name not in RESUME_CHANGES + ("output",))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

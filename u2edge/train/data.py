@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ImageError
 from ..images import read_image, read_mask
-from ..processing import Preprocessing, preprocess
+from ..processing import Preprocessing, preprocess, resize_square
 
 __all__ = ["Pair", "check_pairs", "split_pairs", "crop_size", "epoch_order", "sample", "read_target"]
 
@@ -85,8 +85,7 @@ def sample(image: np.ndarray, mask: np.ndarray, spec: Preprocessing, *, seed: in
     C the crop size. The crop and flip depend only on (seed, epoch, position)."""
     rng = np.random.default_rng([seed, epoch, position])
     size, crop = spec.imgsz, crop_size(spec.imgsz)
-    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if min(image.shape[:2]) >= size
-                       else cv2.INTER_LINEAR)
+    small = resize_square(image, size)
     label = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
     top, left = (int(v) for v in rng.integers(0, size - crop + 1, 2))
     small = small[top:top + crop, left:left + crop]

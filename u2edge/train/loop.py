@@ -93,8 +93,7 @@ class TrainConfig:
             raise U2EdgeError(lambda spell: f"{spell('lr')} {self.lr} must be above 0")
         if not 0 <= self.val_split < 1:
             raise U2EdgeError(lambda spell: f"{spell('val_split')} {self.val_split} must be in [0, 1)")
-        if self.workers is not None and self.workers < 0:
-            raise U2EdgeError(lambda spell: f"{spell('workers')} {self.workers} must be 0 or more")
+        _check_workers(self.workers)
         if self.images is None:
             raise U2EdgeError(lambda spell: f"give the training images with {spell('images')}")
         if (self.masks is None) == (self.teacher is None):
@@ -111,6 +110,11 @@ class TrainConfig:
         if self.teacher is not None and self.teacher not in WEIGHTS and not Path(self.teacher).is_file():
             raise WeightsError(lambda spell: f"{spell('teacher')} {self.teacher}: neither a model "
                                              f"({', '.join(sorted(WEIGHTS))}) nor a model file")
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 0:
+        raise U2EdgeError(lambda spell: f"{spell('workers')} {workers} must be 0 or more")
 
 
 @dataclass
@@ -180,8 +184,7 @@ def resume(run: str | os.PathLike, *, progress: ProgressFactory = _Quiet, **chan
     state = _read_state(run / "last.pth")
     config = dataclasses.replace(TrainConfig(**state["config"]), output=str(run),
                                  **{k: v for k, v in changes.items() if v is not None})
-    if config.workers is not None and config.workers < 0:
-        raise U2EdgeError(lambda spell: f"{spell('workers')} {config.workers} must be 0 or more")
+    _check_workers(config.workers)
     if state["epoch"] >= config.epochs:
         raise U2EdgeError(lambda spell: f"{run} has finished its {state['epoch']} epochs; to train on, give "
                                         f"{spell('epochs')} above {state['epoch']}")
@@ -189,13 +192,12 @@ def resume(run: str | os.PathLike, *, progress: ProgressFactory = _Quiet, **chan
 
 
 def _read_state(path: Path) -> dict:
-    torch = require("torch")
+    require("torch")
+    from ..model import load_pth
+
     if not path.is_file():
         raise U2EdgeError(f"{path.parent} holds no last.pth to resume from; is it a u2edge train run folder?")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged archive
-        raise WeightsError(f"cannot read {path} ({type(exc).__name__}); the file is corrupt") from exc
+    ckpt = load_pth(path)
     state = ckpt.get("train") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise WeightsError(f"{path} holds no training state that this u2edge can resume (a weights-only "
