@@ -230,6 +230,32 @@ def test_a_live_source_keeps_only_the_newest_frame(photos):
     assert kept[0] is frames[0] and kept[1] is frames[-1]
 
 
+class FastCamera(Source):
+    """A live source faster than the network: its first frame, then, once the engine has that one,
+    a frame on every read, without end; the engine's gate opens after ``burst`` frames."""
+
+    live = True
+
+    def __init__(self, frame: np.ndarray, engine: GatedEngine, burst: int) -> None:
+        self.uri, self.frame, self.engine, self.burst, self.delivered = "fast://test", frame, engine, burst, 0
+
+    def read(self):
+        if self.delivered == 1:
+            self.engine.started.wait()
+        elif self.delivered == self.burst:
+            self.engine.gate.set()
+        self.delivered += 1
+        return self.frame
+
+
+def test_max_frames_counts_the_frames_written_not_those_captured(photos):
+    """Before the fix, capture stopped at 4 frames, of which the newest-frame policy dropped 2."""
+    with GatedEngine() as engine:
+        stats = Pipeline(FastCamera(photos["coffee.png"], engine, burst=3), engine, NullSink(), max_frames=4).run()
+    assert stats.written == 4 and stats.stop_reason == "max frames"
+    assert stats.dropped >= 2 and stats.captured > 4
+
+
 class StepSource(Source):
     """A live source that delivers its next frame only after the pipeline has processed the last
     one, like a camera slower than the network."""
@@ -320,7 +346,7 @@ def test_an_unplugged_camera_is_retried_then_stops_with_a_finalized_video(engine
 def test_a_camera_that_comes_back_goes_on(engine, photos):
     source = FlakySource(photos["coffee.png"], fail_after=2, recover=True)
     stats = Pipeline(source, engine, NullSink(), retries=3, backoff=0.01, max_frames=5).run()
-    assert stats.retries == 1 and stats.error is None and stats.captured == 5
+    assert stats.retries == 1 and stats.error is None and stats.written == 5
 
 
 # --- faults through the command line ------------------------------------------------------------

@@ -6,6 +6,8 @@
 A live source keeps only its newest frame: a frame not yet taken when the next one arrives is
 dropped and counted, so latency stays bounded by one frame. Files and folders go through a
 bounded queue, losslessly and in order. Every stage times itself; memory is bounded by the queues.
+``max_frames`` counts frames delivered (written to the sink, or yielded), not frames captured: a
+live source's dropped frames do not count. ``smooth`` steadies the masks over time (``smooth.py``).
 A failing source is retried with backoff (live ones reopened) a bounded number of times, then the
 stream ends cleanly; a corrupt frame is skipped and counted. A frame carries its source's tag (an
 image file's path) through to the sink, so that a sink can write each frame to its own file.
@@ -26,6 +28,7 @@ import numpy as np
 from ..engine import Pending
 from ..errors import ImageError, SourceError
 from .sinks import Sink, StopStream
+from .smooth import MaskSmoother
 from .sources import CorruptFrame, Source
 
 __all__ = ["Pipeline", "Stats", "Frame"]
@@ -129,15 +132,18 @@ class Pipeline:
     to get the masks instead of a sink. ``retries`` failed reads are retried, ``backoff`` seconds
     apart and doubling, before the stream ends with ``stats.error`` set. A corrupt frame is skipped
     with a warning, or passed to ``on_corrupt(error)`` instead (called in the capture thread).
+    ``max_frames`` stops after that many frames written (or yielded). ``smooth`` (0 to 1, None: off)
+    is the ``MaskSmoother`` strength applied to the masks in order.
     """
 
     def __init__(self, source: Source, engine, sink: Sink | None = None, *,
                  render: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, queue_size: int = 4,
                  retries: int = 5, backoff: float = 0.25, max_frames: int | None = None,
-                 on_frame: Callable[[Stats], None] | None = None,
+                 smooth: float | None = None, on_frame: Callable[[Stats], None] | None = None,
                  on_corrupt: Callable[[CorruptFrame], None] | None = None) -> None:
         self.source, self.engine, self.sink = source, engine, sink
         self.render = render
+        self._smoother = MaskSmoother(smooth) if smooth else None
         self.retries, self.backoff, self.max_frames = retries, backoff, max_frames
         self.on_frame, self.on_corrupt = on_frame, on_corrupt
         self.stats = Stats()
@@ -152,9 +158,6 @@ class Pipeline:
         stats, failures, index = self.stats, 0, 0
         try:
             while not self._stop.is_set():
-                if self.max_frames is not None and stats.captured >= self.max_frames:
-                    stats.stop_reason = "max frames"
-                    break
                 t0 = time.perf_counter()
                 try:
                     image = self.source.read()
@@ -229,19 +232,31 @@ class Pipeline:
                         continue
                 if pending:  # the oldest is due, or nothing new is ready: finish it
                     frame, batch = pending.popleft()
-                    yield frame, self._collect(batch)
+                    yield frame, self._collect(frame, batch)
             while pending and not self._stop.is_set():
                 frame, batch = pending.popleft()
-                yield frame, self._collect(batch)
+                yield frame, self._collect(frame, batch)
         finally:
             engine.discard([batch for _, batch in pending])
 
-    def _collect(self, batch: Pending) -> np.ndarray:
+    def _collect(self, frame: Frame, batch: Pending) -> np.ndarray:
         mask = self.engine.collect(batch)[0]
         for stage, seconds in batch.seconds.items():
             self.stats.add(stage, seconds)
+        if self._smoother is not None:  # in frame order: each mask is averaged with the one before
+            t0 = time.perf_counter()
+            mask = self._smoother(frame.image, mask)
+            self.stats.add("postprocess", time.perf_counter() - t0)
         self.stats.processed += 1
         return mask
+
+    def _delivered(self, count: int) -> bool:
+        """Whether ``count`` frames delivered reach ``max_frames`` (then the stream stops there)."""
+        if self.max_frames is None or count < self.max_frames:
+            return False
+        self.stats.stop_reason = "max frames"
+        self._stop.set()
+        return True
 
     def _next_frame(self, block: bool):
         """The next frame, ``_END``, or None when ``block`` is false and no frame is ready."""
@@ -260,6 +275,8 @@ class Pipeline:
                 item = self._outbox.get()
                 if item is _END:
                     return
+                if self.max_frames is not None and stats.written >= self.max_frames:
+                    continue  # frames under way when the limit was reached
                 frame, mask = item
                 t0 = time.perf_counter()
                 image = self.render(frame.image, mask) if self.render else mask
@@ -275,6 +292,7 @@ class Pipeline:
                 stats.add("write", time.perf_counter() - t1)
                 stats.written += 1
                 stats.latencies.append(time.perf_counter() - captured)
+                self._delivered(stats.written)
         except BaseException as exc:  # StopStream, a full disk: stop everything, report it in run()
             self._sink_error = exc
             self._stop.set()
@@ -288,9 +306,11 @@ class Pipeline:
         capture = threading.Thread(target=self._capture, name="u2edge-capture", daemon=True)
         capture.start()
         try:
-            for frame, mask in self._masks():
+            for delivered, (frame, mask) in enumerate(self._masks(), 1):
                 yield frame.image, mask
                 self.stats.latencies.append(time.perf_counter() - frame.captured)
+                if self._delivered(delivered):
+                    break
         finally:
             self._finish(capture)
         if self._source_error is not None:
