@@ -1,6 +1,7 @@
 """Builds the native part (CMakeLists.txt) as ``u2edge._native`` during ``pip install``.
 
-Everything else is in pyproject.toml. The environment variable U2EDGE_NATIVE picks what happens:
+Everything else is in pyproject.toml, but the dependencies (see ``dependencies``). The environment variable
+U2EDGE_NATIVE picks what happens:
 
 - ``auto`` (the default): build it where nvcc is found (on PATH, in CUDACXX, or in
   /usr/local/cuda/bin as on JetPack); if nvcc is missing or the build fails, say so and install
@@ -102,6 +103,31 @@ def license_metadata() -> dict:
     return {"license_expression": "Apache-2.0"} if major >= 77 else {"license": "Apache-2.0"}
 
 
+# On Linux aarch64 (Jetson) OpenCV and ONNX Runtime come from JetPack and NVIDIA's wheels, so pip must not
+# install PyPI builds that would shadow them: see README, "Jetson".
+OPENCV = "opencv-python>=4.6; platform_machine != 'aarch64' or sys_platform != 'linux'"
+DEPENDENCIES = [
+    "numpy>=1.22",
+    OPENCV,
+    "onnxruntime>=1.16; platform_machine != 'aarch64' or sys_platform != 'linux'",
+    # the CPU fast path, there after a plain install: OpenVINO runs INT8 on VNNI/AMX, and onnx makes
+    # the INT8 model from the official ONNX on first use (a graph edit; no torch)
+    "openvino>=2025.0; (platform_machine == 'x86_64' or platform_machine == 'AMD64') and python_version >= '3.9'",
+    "onnx>=1.16",
+]
+OPENCV_CHOICES = ("pip", "system")
+
+
+def dependencies() -> list[str]:
+    """The runtime's; U2EDGE_OPENCV=system leaves out pip's OpenCV, for an environment made with
+    --system-site-packages that uses the system's python3-opencv (built with GStreamer, against the
+    system's numpy 1.x): pip's cv2 would shadow it, and pull in numpy 2 (README, "GStreamer")."""
+    choice = os.environ.get("U2EDGE_OPENCV", "pip").strip().lower()
+    if choice not in OPENCV_CHOICES:
+        raise SystemExit(f"U2EDGE_OPENCV={choice!r}: use one of {', '.join(OPENCV_CHOICES)}")
+    return [d for d in DEPENDENCIES if choice == "pip" or d != OPENCV]
+
+
 # optional: setuptools copies it into the source tree (pip install -e) only where it was built
 setup(ext_modules=[Extension("u2edge._native", sources=[], optional=True)], cmdclass={"build_ext": BuildNative},
-      **license_metadata())
+      install_requires=dependencies(), **license_metadata())

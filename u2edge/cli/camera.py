@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
                              fourcc=args.input_codec)
     source = open_source(args.source, options, max_pixels=args.max_pixels)
     try:
-        sink = open_sink(args.sink, fps=args.input_rate or source.fps, headless=args.headless)
+        sink = open_sink(args.sink, fps=args.input_rate or source.fps, headless=args.headless, codec=args.codec,
+                         crf=args.crf)
     except BaseException:
         source.close()
         raise

@@ -10,6 +10,8 @@ import sys
 from ..images import MAX_PIXELS, MAX_PIXELS_ENV
 from ..render import Mode
 from ..precision import RUNTIME_PRECISIONS, Precision
+from ..video.smooth import DEFAULT_STRENGTH
+from ..video.sinks import CODECS, DEFAULT_CRF
 from ..weights import WEIGHTS
 
 
@@ -29,9 +31,14 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     log.propagate = False
     log.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
     if not verbose:  # a damaged file is u2edge's one line; OpenCV's own [ WARN ] lines only with -v
-        from cv2.utils import logging as cv_logging
+        import cv2
 
-        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_SILENT)
+        try:
+            from cv2.utils import logging as cv_logging
+
+            cv_logging.setLogLevel(cv_logging.LOG_LEVEL_SILENT)
+        except ImportError:  # OpenCV 4.6 (Debian's, JetPack's) has it at the top level only
+            cv2.setLogLevel(0)  # LOG_LEVEL_SILENT
 
 
 def add_model_option(parser, help: str = "architecture (default: u2netp)", default: str | None = "u2netp") -> None:
@@ -103,6 +110,17 @@ def add_stream_options(parser: argparse.ArgumentParser, *, live: bool) -> None:
                                                                            "full-rate USB cameras")
         group.add_argument("--headless", action="store_true", help="no window: display://0 becomes null")
         group.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    group.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    group.add_argument("--max-frames", type=int, metavar="N",
+                       help="stop after N frames written to the sink (a live source's dropped frames do not count)")
     group.add_argument("--retries", type=int, default=5, metavar="N",
                        help="failed reads retried (with backoff, live sources reopened) before stopping (default: 5)")
+    group.add_argument("--smooth", type=float, nargs="?", const=DEFAULT_STRENGTH, metavar="S",
+                       help=f"steady the masks over time: each is averaged with the one before, with weight S "
+                            f"(0 to 1; {DEFAULT_STRENGTH} without a value) where the image did not change, and "
+                            "not where it did, so moving objects leave no ghost")
+    video = parser.add_argument_group("video file output")
+    video.add_argument("--codec", choices=CODECS, default="auto",
+                       help="auto (default): H.264 in .mp4/.mkv/.mov when PyAV is installed "
+                            "(pip install 'u2edge[h264]'), else mp4v; MJPG in .avi")
+    video.add_argument("--crf", type=int, metavar="N",
+                       help=f"H.264 quality, 0 (lossless) to 51 (smallest); default {DEFAULT_CRF}")

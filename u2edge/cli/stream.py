@@ -34,6 +34,8 @@ def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
             raise U2EdgeError(f"--max-frames {args.max_frames} must be at least 1")
         if args.retries < 0:
             raise U2EdgeError(f"--retries {args.retries} must be 0 or more")
+        if args.smooth is not None and not 0 <= args.smooth < 1:
+            raise U2EdgeError(f"--smooth {args.smooth} must be at least 0 and below 1 (0.6 is a good start)")
         draw = renderer(args)
         engine = open_engine(args)
     except BaseException:  # nothing ran: leave no output behind
@@ -44,7 +46,7 @@ def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
     with engine:
         log.debug("engine: %s; source %s (%s); sink %s", engine.describe(), source.uri,
                   "live" if source.live else "lossless", sink.uri)
-        total = min(source.count or 0, args.max_frames or source.count or 0)
+        total = min((n for n in (source.count, args.max_frames) if n), default=0)
         progress = Progress(total, "video", enabled=not args.quiet and bool(total))
 
         def on_frame(stats: Stats) -> None:
@@ -56,7 +58,7 @@ def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
             log.warning("skipping a frame: %s", exc.message(lambda name: args.flags.get(name, name)))
 
         pipeline = Pipeline(source, engine, sink, render=draw, retries=args.retries, max_frames=args.max_frames,
-                            on_frame=on_frame, on_corrupt=on_corrupt)
+                            smooth=args.smooth, on_frame=on_frame, on_corrupt=on_corrupt)
         try:
             stats = pipeline.run()
         except _Duration:

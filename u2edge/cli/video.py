@@ -1,4 +1,5 @@
-"""Mask, cut out or restyle a video file, an image folder or a glob, frame by frame, losslessly.
+"""Mask, cut out or restyle a video file, an image folder, a glob or a GStreamer pipeline, frame by frame,
+losslessly.
 
 Examples:
   u2edge video clip.mp4 -o masks.mp4                      # 8-bit masks, the source's frame rate
@@ -6,6 +7,9 @@ Examples:
   u2edge video clip.mp4 -o frames/ --mode cutout          # RGBA PNGs, frame_000000.png ...
   u2edge video 'shots/*.jpg' -o review.avi --mode side-by-side
   u2edge video clip.mp4 -o null --json                    # throughput and per-stage timings only
+  u2edge video 'filesrc location=clip.mp4 ! qtdemux ! h264parse ! nvv4l2decoder ! nvvidconv !
+      video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink' -o masks.mp4
+                                                          # Jetson's hardware decoder (system OpenCV)
 
 Every input frame gives exactly one output frame, in order (a corrupt one is skipped and counted).
 Outputs are complete or absent: a video is finalized on Ctrl-C or SIGTERM with the frames done so
@@ -25,7 +29,8 @@ from .stream import run_pipeline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="INPUT", help="video file, image folder or glob")
+    parser.add_argument("input", metavar="INPUT", help="video file, image folder, glob or GStreamer pipeline "
+                                                            "(read to its end of stream)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="a video file (.mp4, .avi), a folder for PNG frames, or null")
     parser.add_argument("--fps", type=float, metavar="FPS", help="output frame rate (default: the source's; "
@@ -42,12 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if args.output not in ("null", "null://") and Path(args.input).exists() and out.exists() \
             and out.resolve() == Path(args.input).resolve():
         raise U2EdgeError(f"-o {out} is the input; refusing to overwrite it (choose another -o)")
-    source = open_source(args.input, CaptureOptions(rate=args.fps), max_pixels=args.max_pixels)
+    source = open_source(args.input, CaptureOptions(rate=args.fps), max_pixels=args.max_pixels, lossless=True)
     if source.live:
         source.close()
         raise U2EdgeError(f"{args.input} is a live source; use u2edge camera {args.input} for it")
     try:
-        sink = open_sink(args.output, fps=args.fps or source.fps)
+        sink = open_sink(args.output, fps=args.fps or source.fps, codec=args.codec, crf=args.crf)
     except BaseException:
         source.close()
         raise

@@ -7,8 +7,10 @@
     shots/ or 'shots/*.jpg' image folder or glob, in sorted order
     "videotestsrc ! ... ! appsink"   a raw GStreamer pipeline
 
-Live sources (cameras, CSI, RTSP, GStreamer) can fail and be reopened; files and folders are read
-once, losslessly and in order. ``read()`` returns an HxWx3 uint8 BGR frame, None at the end, raises
+Live sources (cameras, CSI, RTSP, and GStreamer pipelines from a camera or the network) can fail and
+be reopened; files, folders and other GStreamer pipelines (a file through a hardware decoder, a test
+source) are read once, losslessly and in order, to their end of stream. ``open_source(...,
+lossless=True)`` reads any pipeline that way. ``read()`` returns an HxWx3 uint8 BGR frame, None at the end, raises
 ``CorruptFrame`` for one frame (or image) that cannot be decoded, and for the rest of a video file
 that ends before the frame count its header gives, and ``SourceError`` when the source stops.
 After each read, ``tag`` says what the frame came from where a source knows (an image's path).
@@ -127,7 +129,8 @@ class CaptureSource(Source):
             if self.live:
                 raise SourceError(f"{self._what} {self.uri} stopped delivering frames (unplugged or lost)")
             self._ended = True
-            if self.count and self._frames < self.count and Path(self.uri).suffix.lower() in _COUNTED_SUFFIXES:
+            if self.count and self._frames < self.count and self._what == "video" \
+                    and Path(self.uri).suffix.lower() in _COUNTED_SUFFIXES:
                 raise CorruptFrame(f"{self.uri}: frames {self._frames + 1} to {self.count} of {self.count} cannot be "
                                    "decoded (the file is truncated or corrupt); the frames before them were read")
             return None
@@ -190,14 +193,37 @@ def _camera(uri: str, index: int, options: CaptureOptions) -> CaptureSource:
     return CaptureSource(uri, index, backend, live=True, options=options, what="camera")
 
 
-def _gstreamer(uri: str, pipeline: str, why: str) -> CaptureSource:
+# GStreamer source elements that capture from a device or the network: a pipeline that starts with one is
+# live (newest frame first; when it stops it was lost, and is reopened); any other pipeline ends at its end
+# of stream, like a file
+_LIVE_ELEMENTS = frozenset((
+    "v4l2src", "nvarguscamerasrc", "nvv4l2camerasrc", "libcamerasrc", "pipewiresrc", "ximagesrc", "avfvideosrc",
+    "ksvideosrc", "mfvideosrc", "dshowvideosrc", "uvch264src", "aravissrc", "pylonsrc", "rtspsrc", "rtspclientsink",
+    "udpsrc", "tcpclientsrc", "tcpserversrc", "srtsrc", "srtclientsrc", "souphttpsrc", "rtmpsrc", "rtmp2src",
+    "webrtcsrc", "shmsrc", "nvv4l2src"))
+
+
+def live_pipeline(pipeline: str) -> bool:
+    """Whether a GStreamer pipeline captures live: its first element is a camera or network source, it
+    says ``is-live=true``, or its ``uri=`` is not a file."""
+    first = pipeline.strip().split("!", 1)[0].split()
+    if first and first[0] in _LIVE_ELEMENTS:
+        return True
+    if re.search(r"\bis-live\s*=\s*(true|1)\b", pipeline, re.IGNORECASE):
+        return True
+    uri = re.search(r"\buri\s*=\s*\"?([a-z0-9+.-]+)://", pipeline, re.IGNORECASE)
+    return bool(uri) and uri.group(1).lower() != "file"
+
+
+def _gstreamer(uri: str, pipeline: str, why: str, *, live: bool) -> CaptureSource:
     cv2 = require("cv2")
     from ..info import opencv_features
 
     if not opencv_features().get("gstreamer"):
-        raise SourceError(f"{uri} {why}, and this OpenCV ({cv2.__version__}) has no GStreamer; on a Jetson use "
-                          "JetPack's python3-opencv (pip's opencv-python lacks GStreamer)")
-    return CaptureSource(uri, pipeline, cv2.CAP_GSTREAMER, live=True, what="GStreamer source")
+        raise SourceError(f"{uri} {why}, and this OpenCV ({cv2.__version__}) has no GStreamer; use the system's "
+                          "python3-opencv (JetPack's, or Debian's: see the README, \"GStreamer\"); pip's "
+                          "opencv-python lacks GStreamer")
+    return CaptureSource(uri, pipeline, cv2.CAP_GSTREAMER, live=live, what="GStreamer source")
 
 
 def csi_pipeline(sensor: int, options: CaptureOptions) -> str:
@@ -215,9 +241,10 @@ def _rtsp(uri: str) -> CaptureSource:
 
 
 def open_source(uri: str | int | os.PathLike, options: CaptureOptions = CaptureOptions(), *,
-                max_pixels: int | None = None) -> Source:
+                max_pixels: int | None = None, lossless: bool = False) -> Source:
     """The source a URI names (see the module docstring); a clear ``SourceError`` otherwise. Images
-    and the frames of video files over ``max_pixels`` (see ``u2edge.images.pixel_limit``) are refused."""
+    and the frames of video files over ``max_pixels`` (see ``u2edge.images.pixel_limit``) are refused.
+    ``lossless`` reads a GStreamer pipeline frame by frame to its end even if it is live."""
     text = os.fspath(uri) if not isinstance(uri, int) else str(uri)
     if re.fullmatch(r"\d+", text):
         return _camera(text, int(text), options)
@@ -226,11 +253,12 @@ def open_source(uri: str | int | os.PathLike, options: CaptureOptions = CaptureO
         return _camera(text, int(match.group(1)), options)
     match = re.fullmatch(r"csi://(\d+)", text)
     if match:
-        return _gstreamer(text, csi_pipeline(int(match.group(1)), options), "needs GStreamer's nvarguscamerasrc")
+        return _gstreamer(text, csi_pipeline(int(match.group(1)), options), "needs GStreamer's nvarguscamerasrc",
+                          live=True)
     if re.match(r"rtsps?://", text):
         return _rtsp(text)
     if " ! " in text:
-        return _gstreamer(text, text, "is a GStreamer pipeline")
+        return _gstreamer(text, text, "is a GStreamer pipeline", live=not lossless and live_pipeline(text))
     path = Path(text)
     if path.is_dir() or (glob.has_magic(text) and not path.exists()):
         paths, problems = expand_inputs([text])
