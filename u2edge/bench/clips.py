@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["moving_subject_frames", "write_clip"]
+__all__ = ["moving_subject_frames", "subject_regions", "add_noise", "write_clip"]
 
 
 def moving_subject_frames(subject: np.ndarray, background: np.ndarray, *, frames: int,
@@ -22,6 +22,18 @@ def moving_subject_frames(subject: np.ndarray, background: np.ndarray, *, frames
         frame[y:y + sub.shape[0], x:x + sub.shape[1]] = sub
         out.append(frame)
     return out
+
+
+def subject_regions(*, frames: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """Where ``moving_subject_frames`` pastes its subject: one HxW bool array a frame."""
+    white, black = np.full((2, 2), 255, np.uint8), np.zeros((2, 2), np.uint8)
+    return [f > 127 for f in moving_subject_frames(white, black, frames=frames, size=size)]
+
+
+def add_noise(frames: list[np.ndarray], *, sigma: float, seed: int) -> list[np.ndarray]:
+    """``frames`` with a camera's sensor noise: seeded Gaussian noise of ``sigma`` gray levels, new for each frame."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(f + rng.normal(0.0, sigma, f.shape), 0, 255).astype(np.uint8) for f in frames]
 
 
 def write_clip(path: Path, frames: list[np.ndarray], fps: float) -> Path:

@@ -9,6 +9,7 @@ import time
 from ..errors import U2EdgeError
 from ..render import Background, Mode, render
 from ..video import Pipeline, Sink, Source, Stats
+from ..video.smooth import DEFAULT_STRENGTH
 from ..video.sources import CorruptFrame
 from .image import resolve_rendering
 from .options import open_engine, print_json
@@ -35,7 +36,8 @@ def run_pipeline(args: argparse.Namespace, source: Source, sink: Sink) -> int:
         if args.retries < 0:
             raise U2EdgeError(f"--retries {args.retries} must be 0 or more")
         if args.smooth is not None and not 0 <= args.smooth < 1:
-            raise U2EdgeError(f"--smooth {args.smooth} must be at least 0 and below 1 (0.6 is a good start)")
+            raise U2EdgeError(f"--smooth {args.smooth} must be at least 0 and below 1 (without a value: "
+                              f"{DEFAULT_STRENGTH})")
         draw = renderer(args)
         engine = open_engine(args)
     except BaseException:  # nothing ran: leave no output behind
