@@ -183,8 +183,8 @@ class Pipeline:
                     if self.source.live:
                         try:
                             self.source.reopen()
-                        except SourceError as again:
-                            log.warning("%s", again)
+                        except SourceError:  # the next read says why, and is retried
+                            pass
                     continue
                 if image is None:
                     stats.stop_reason = "end of source"

@@ -81,17 +81,19 @@ class CaptureSource(Source):
     """Anything OpenCV's VideoCapture opens: V4L2 devices, GStreamer pipelines, RTSP, video files."""
 
     def __init__(self, uri: str, target, backend: int, *, live: bool, options: CaptureOptions = CaptureOptions(),
-                 what: str = "source", max_pixels: int | None = None) -> None:
+                 what: str = "source", max_pixels: int | None = None, params: tuple[int, ...] = ()) -> None:
         self.uri, self.live, self._what = uri, live, what
-        self._target, self._backend, self._options = target, backend, options
+        self._target, self._backend, self._options, self._params = target, backend, options, list(params)
         self._max_pixels = pixel_limit(max_pixels)
         self._cap = None
+        self._lost: SourceError | None = None  # why the last reopen failed: what reads say until one succeeds
         self._frames, self._ended = 0, False
         self._open()
 
     def _open(self) -> None:
         cv2 = require("cv2")
-        cap = cv2.VideoCapture(self._target, self._backend)
+        cap = cv2.VideoCapture(self._target, self._backend, self._params) if self._params else \
+            cv2.VideoCapture(self._target, self._backend)
         opts = self._options
         if opts.fourcc:
             cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*opts.fourcc))
@@ -121,7 +123,7 @@ class CaptureSource(Source):
 
     def read(self) -> np.ndarray | None:
         if self._cap is None:
-            raise SourceError(f"{self._what} {self.uri} is closed")
+            raise self._lost or SourceError(f"{self._what} {self.uri} is closed")
         if self._ended:
             return None
         ok, frame = self._cap.read()
@@ -143,7 +145,12 @@ class CaptureSource(Source):
     def reopen(self) -> None:
         self.close()
         self._frames, self._ended = 0, False
-        self._open()
+        try:
+            self._open()
+        except SourceError as exc:
+            self._lost = exc
+            raise
+        self._lost = None
 
     def close(self) -> None:
         if self._cap is not None:
@@ -233,11 +240,16 @@ def csi_pipeline(sensor: int, options: CaptureOptions) -> str:
             "appsink drop=true max-buffers=1 sync=false")
 
 
+RTSP_TIMEOUT_MS = 5000  # a server that stops answering (no FIN: a pulled cable) is lost after this, not 30 s
+
+
 def _rtsp(uri: str) -> CaptureSource:
     cv2 = require("cv2")
     # read by OpenCV's FFmpeg backend when it opens the stream: TCP, no input buffering, low delay
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay")
-    return CaptureSource(uri, uri, cv2.CAP_FFMPEG, live=True, what="stream")
+    return CaptureSource(uri, uri, cv2.CAP_FFMPEG, live=True, what="stream",
+                         params=(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, RTSP_TIMEOUT_MS,
+                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, RTSP_TIMEOUT_MS))
 
 
 def open_source(uri: str | int | os.PathLike, options: CaptureOptions = CaptureOptions(), *,
