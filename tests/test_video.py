@@ -23,6 +23,7 @@ from u2edge.errors import OutputError, SourceError
 from u2edge.render import render
 from u2edge.video import ImageSequenceSource, PerFileSink, Pipeline, Source, open_sink, open_source
 from u2edge.video.sinks import NullSink, VideoFileSink
+from u2edge.video.smooth import MaskSmoother
 
 
 def decoded(path: Path) -> list[np.ndarray]:
@@ -79,6 +80,18 @@ def test_masks_equal_single_image_inference_in_order(clip, tmp_path):
     # the cat moves: each frame's mask is its own, not a neighbour's
     centers = [np.argwhere(m > 127)[:, 1].mean() for m in got]
     assert all(a < b for a, b in zip(centers, centers[1:])), centers
+
+
+def test_smooth_through_the_command_line(clip, tmp_path):
+    """``--smooth`` without a value is the default filter, applied to the masks in order."""
+    run_cli("video", clip, "-o", tmp_path / "masks", "--smooth")
+    got = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((tmp_path / "masks").iterdir())]
+    smoother = MaskSmoother()
+    with U2EdgeEngine() as engine:
+        expected = [smoother(frame, engine(frame)) for frame in decoded(clip)]
+    assert len(got) == len(expected) == 10
+    for i, (mask, ref) in enumerate(zip(got, expected)):
+        assert np.abs(mask.astype(np.int16) - np.round(ref * 255)).max() <= 1, i
 
 
 def test_stream_api_yields_every_frame(clip, engine):
@@ -426,7 +439,9 @@ def test_bad_sources_and_sinks(clip, tmp_path):
     assert "is the input; refusing to overwrite it" in proc.stderr
     proc = run_cli("video", clip, "-o", tmp_path / "y.mp4", "--max-frames", "0", check_rc=1)
     assert error_lines(proc) == ["u2edge: error: --max-frames 0 must be at least 1"]
-    assert not list(tmp_path.glob("*y*"))  # the refused run left no temp file
+    proc = run_cli("video", clip, "-o", tmp_path / "y.mp4", "--smooth", "1.5", check_rc=1)
+    assert error_lines(proc) == ["u2edge: error: --smooth 1.5 must be at least 0 and below 1 (without a value: 0.6)"]
+    assert not list(tmp_path.glob("*y*"))  # the refused runs left no temp file
     photo = tmp_path / "photo.png"
     photo.write_bytes(b"not a folder")
     with pytest.raises(OutputError, match="is a file; give a folder, a video file name"):
