@@ -8,10 +8,12 @@ Examples:
   u2edge camera /dev/video0 frames/ --headless --max-frames 300 --json
 
 SOURCE: /dev/videoN or N, csi://N, rtsp://..., a video file, a folder or glob, or a GStreamer
-pipeline. SINK: display://0 (default; q or Esc closes it), a video file, a folder, or null.
-Live sources keep only the newest frame: stale ones are dropped and counted, so latency stays
-bounded. A camera that stops (unplugged) is reopened with backoff --retries times, then the
-command stops cleanly with its stats and a finalized output.
+pipeline. SINK: display://0 (default; q or Esc closes it), a video file, a folder, null, or a
+GStreamer pipeline starting with appsrc. Live sources keep only the newest frame: stale ones are
+dropped and counted, so latency stays bounded. A camera that stops (unplugged) is reopened with
+backoff --retries times, then the command stops cleanly with its stats and a finalized output. A
+GStreamer pipeline from a camera or the network is live; any other (a file, a test source) is read
+in full and ends at its end of stream.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .stream import run_pipeline
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="camera, stream, file, folder or GStreamer pipeline")
     parser.add_argument("sink", nargs="?", default="display://0", metavar="SINK",
-                        help="display://0 (default), a video file, a folder, or null")
+                        help="display://0 (default), a video file, a folder, null, or a GStreamer "
+                             "pipeline starting with appsrc")
     add_engine_option(parser)
     add_render_options(parser)
     add_stream_options(parser, live=True)

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="video file, image folder, glob or GStreamer pipeline "
                                                             "(read to its end of stream)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
-                        help="a video file (.mp4, .avi), a folder for PNG frames, or null")
+                        help="a video file (.mp4, .mkv, .mov, .avi), a folder for PNG frames, null, or a "
+                             "GStreamer pipeline starting with appsrc")
     parser.add_argument("--fps", type=float, metavar="FPS", help="output frame rate (default: the source's; "
                                                                 "30 for images)")
     add_engine_option(parser)
