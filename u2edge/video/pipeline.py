@@ -31,11 +31,11 @@ from .sinks import Sink, StopStream
 from .smooth import MaskSmoother
 from .sources import CorruptFrame, Source
 
-__all__ = ["Pipeline", "Stats", "Frame"]
+__all__ = ["Pipeline", "Stats", "Frame", "NewestSlot", "END"]
 
 log = logging.getLogger("u2edge")
 
-_END = object()
+END = object()  # the end of the stream, queued behind the last frame
 STUCK_READ_SECONDS = 5.0  # how long stopping waits for a source's read to return
 
 
@@ -91,7 +91,7 @@ class Stats:
         return f"{fps:.1f} FPS  latency {latency}  dropped {self.dropped}"
 
 
-class _Newest:
+class NewestSlot:
     """A one-frame slot: ``put`` replaces an untaken frame (and counts it dropped). The end of the
     stream queues behind the last frame instead of replacing it."""
 
@@ -103,7 +103,7 @@ class _Newest:
 
     def put(self, item) -> None:
         with self._cond:
-            if item is _END:
+            if item is END:
                 self._ended = True
             else:
                 if self._item is not None:
@@ -116,7 +116,7 @@ class _Newest:
             if not self._cond.wait_for(lambda: self._item is not None or self._ended, timeout):
                 raise queue.Empty
             if self._item is None:
-                return _END
+                return END
             item, self._item = self._item, None
             return item
 
@@ -148,7 +148,7 @@ class Pipeline:
         self.on_frame, self.on_corrupt = on_frame, on_corrupt
         self.stats = Stats()
         self._stop = threading.Event()
-        self._inbox = _Newest(self.stats) if source.live else queue.Queue(maxsize=queue_size)
+        self._inbox = NewestSlot(self.stats) if source.live else queue.Queue(maxsize=queue_size)
         self._outbox: queue.Queue = queue.Queue(maxsize=queue_size)
         self._source_error: BaseException | None = None  # from the capture thread
         self._sink_error: BaseException | None = None  # from the output thread (StopStream: the user closed it)
@@ -197,10 +197,10 @@ class Pipeline:
         except BaseException as exc:  # a bug in a source: end the stream, keep what was written, report it
             self._source_error = exc
         finally:
-            self._put(self._inbox, _END)
+            self._put(self._inbox, END)
 
     def _put(self, box, item) -> None:
-        if isinstance(box, _Newest):
+        if isinstance(box, NewestSlot):
             box.put(item)
             return
         while True:  # a bounded queue: wait for room, unless the pipeline is stopping
@@ -208,7 +208,7 @@ class Pipeline:
                 box.put(item, timeout=0.1)
                 return
             except queue.Full:
-                if self._stop.is_set() and item is not _END:
+                if self._stop.is_set() and item is not END:
                     return
 
     # --- inference -----------------------------------------------------------------------------
@@ -220,7 +220,7 @@ class Pipeline:
         try:
             while not self._stop.is_set():
                 frame = self._next_frame(block=not pending)
-                if frame is _END:
+                if frame is END:
                     break
                 if frame is not None:
                     try:
@@ -259,7 +259,7 @@ class Pipeline:
         return True
 
     def _next_frame(self, block: bool):
-        """The next frame, ``_END``, or None when ``block`` is false and no frame is ready."""
+        """The next frame, ``END``, or None when ``block`` is false and no frame is ready."""
         while True:
             try:
                 return self._inbox.get(timeout=0.1 if block else 0)
@@ -273,7 +273,7 @@ class Pipeline:
         try:
             while True:
                 item = self._outbox.get()
-                if item is _END:
+                if item is END:
                     return
                 if self.max_frames is not None and stats.written >= self.max_frames:
                     continue  # frames under way when the limit was reached
@@ -296,7 +296,7 @@ class Pipeline:
         except BaseException as exc:  # StopStream, a full disk: stop everything, report it in run()
             self._sink_error = exc
             self._stop.set()
-            while self._outbox.get() is not _END:  # let the inference thread finish its puts
+            while self._outbox.get() is not END:  # let the inference thread finish its puts
                 pass
 
     # --- driving -------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ class Pipeline:
             self.stats.stop_reason = "engine failed"
         finally:
             self._stop.set()
-            self._put(self._outbox, _END)
+            self._put(self._outbox, END)
             output.join()
             self._finish(capture)
         if isinstance(self._sink_error, StopStream):
