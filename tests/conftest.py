@@ -30,6 +30,19 @@ def run_cli(*args: str, check_rc: int | None = 0, env: dict | None = None, **kwa
     return proc
 
 
+def decoded(path: Path) -> list[np.ndarray]:
+    """Every frame of a video file, as OpenCV decodes it."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
 @contextlib.contextmanager
 def small_disk(folder: Path, size: str):
     """A tmpfs of ``size`` mounted on ``folder``, to fill a disk for real; skips without root."""

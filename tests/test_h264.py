@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import run_cli, small_disk
+from conftest import decoded, run_cli, small_disk
 from u2edge import read_image
 from u2edge._deps import available
 from u2edge.bench.clips import moving_subject_frames, write_clip
@@ -41,16 +41,6 @@ def probe(path: Path) -> dict:
                           "stream=codec_name,pix_fmt,width,height,r_frame_rate,avg_frame_rate,nb_read_frames",
                           "-of", "json", str(path)], capture_output=True, text=True, check=True).stdout
     return json.loads(out)["streams"][0]
-
-
-def decoded(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return frames
-        frames.append(frame)
 
 
 def fourcc(path: Path) -> str:

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import decoded
 from netns import private_env, private_network, require_private_network
 from u2edge.images import read_image, write_image
 
@@ -85,16 +86,6 @@ def scenario(tmp_path: Path, servers: list[dict], client: list) -> dict:
 
 def server(frame: Path, *options, after: str | None = None) -> dict:
     return {"args": [str(frame), "--mount", "cam", "--fps", str(FPS), "--loop", *map(str, options)], "after": after}
-
-
-def decoded(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return frames
-        frames.append(frame)
 
 
 def agreement(frame: np.ndarray, mask: np.ndarray) -> tuple[float, float]:

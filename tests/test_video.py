@@ -11,29 +11,18 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import make_clip, run_cli, small_disk
+from conftest import decoded, make_clip, run_cli, small_disk
 from u2edge import U2EdgeEngine, read_image, stream
 from u2edge.errors import OutputError, SourceError
 from u2edge.render import render
 from u2edge.video import ImageSequenceSource, PerFileSink, Pipeline, Source, open_sink, open_source
 from u2edge.video.sinks import NullSink, VideoFileSink
 from u2edge.video.smooth import MaskSmoother
-
-
-def decoded(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return frames
-        frames.append(frame)
 
 
 def error_lines(proc) -> list[str]:
