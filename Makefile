@@ -34,7 +34,7 @@ $(VENV)/.demo: pyproject.toml
 $(VENV)/.test: pyproject.toml benchmarks/setup_rembg.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[export,train,dev,rtx,cpu,ros,h264]'
+	$(PIP) -e '.[export,train,dev,rtx,cpu,ros,h264,ray,triton-client]'
 	benchmarks/setup_rembg.sh $(PY)
 	touch $@
 
@@ -46,14 +46,22 @@ $(SYSTEM_VENV)/.test: pyproject.toml setup.py
 		$(SYSTEM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
+# the tritonserver that pytriton bundles, for the Triton tests: pytriton pins numpy<2 for its whole
+# environment, so it gets one of its own and the test environment keeps numpy 2
+TRITON_VENV ?= .venv-triton
+$(TRITON_VENV)/.test: pyproject.toml setup.py
+	$(PYTHON) -m venv $(TRITON_VENV)
+	U2EDGE_NATIVE=off $(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[triton]'
+	touch $@
+
 demo: $(VENV)/.demo
 	@photos=$$($(PY) -c 'import os, skimage.data; print(os.path.dirname(skimage.data.__file__))'); \
 	set -x; $(VENV)/bin/u2edge image $(addprefix $$photos/,$(PHOTOS)) -o out --mode cutout
 
-test: $(VENV)/.test
+test: $(VENV)/.test $(TRITON_VENV)/.test
 	@if $(HAS_GSTREAMER_OPENCV) 2>/dev/null; then $(MAKE) --no-print-directory $(SYSTEM_VENV)/.test; \
 	else echo "make test: $(SYSTEM_PYTHON) has no OpenCV with GStreamer, so the GStreamer tests skip (make system-packages)"; fi
-	U2EDGE_SYSTEM_VENV=$(SYSTEM_VENV) $(PY) -m pytest
+	U2EDGE_SYSTEM_VENV=$(SYSTEM_VENV) U2EDGE_TRITON_VENV=$(TRITON_VENV) $(PY) -m pytest
 
 # what the GStreamer, RTSP and H.264 tests need from Debian (root; CI runs it)
 system-packages:
@@ -70,4 +78,4 @@ bench: $(VENV)/.test
 	$(VENV)/bin/u2edge bench --json-out bench.json --plot bench.png
 
 clean:
-	rm -rf $(VENV) $(SYSTEM_VENV) out bench.json bench.png build u2edge/_native*.so
+	rm -rf $(VENV) $(SYSTEM_VENV) $(TRITON_VENV) out bench.json bench.png build u2edge/_native*.so

@@ -3,12 +3,16 @@ that holds only loopback, so nothing can leave the machine whatever a library's 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
-__all__ = ["private_network", "require_private_network", "private_env", "PRIVATE_ENV"]
+__all__ = ["private_network", "require_private_network", "private_env", "PRIVATE_ENV", "driver_main"]
 
 # DDS discovers peers on this host only; a multicast that could leave the namespace would fail anyway
 PRIVATE_ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -30,3 +34,11 @@ def require_private_network() -> None:
 
 def private_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **PRIVATE_ENV, **extra}
+
+
+def driver_main(run: Callable[[dict], dict]) -> None:
+    """The main of a scenario driver run inside the namespace: ``DRIVER SPEC.json RECORD.json`` writes
+    ``run(spec)`` as the record, for the test to assert on."""
+    spec_path, record_path = map(Path, sys.argv[1:])
+    record_path.write_text(json.dumps(run(json.loads(spec_path.read_text())), indent=2))
+    sys.exit(0)

@@ -16,12 +16,13 @@ run); a missed one is recorded in ``"failure"``, and everything still running is
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from netns import driver_main
 
 SERVER = Path(__file__).with_name("rtsp_server.py")
 
@@ -117,12 +118,5 @@ def run(spec: dict) -> dict:
             "servers": [server.record() for server in servers]}
 
 
-def main(argv: list[str]) -> int:
-    spec_path, result_path = map(Path, argv)
-    result = run(json.loads(spec_path.read_text()))
-    result_path.write_text(json.dumps(result, indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    driver_main(run)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cpu
-from .backends import Backend, choose, open_backend
+from .backends import Backend, choose, is_address, open_backend
 from .errors import U2EdgeError
 from .processing import check_frame, postprocess, preprocess
 from .precision import RUNTIME_PRECISIONS, Precision
@@ -49,8 +49,10 @@ class U2EdgeEngine:
     records what ran and why. A ``path`` picks the backend by suffix (``.engine``/``.plan``
     TensorRT; ``.onnx`` OpenVINO if installed, else ONNX Runtime; ``.pth``/``.pt`` PyTorch), or
     ``backend="onnxruntime"`` names one, and the file runs at its own precision (``"bf16"`` lowers
-    an ONNX's float layers on OpenVINO). ``engine(frame)`` takes an HxWx3 uint8 BGR frame (RGB
-    with ``rgb=True``) and returns a new HxW float32 mask in [0, 1].
+    an ONNX's float layers on OpenVINO). A ``path`` may also be a model on a Triton server,
+    ``"triton://HOST:PORT/MODEL"`` (gRPC) or ``"triton+http://..."``, which takes the frames.
+    ``engine(frame)`` takes an HxWx3 uint8 BGR frame (RGB with ``rgb=True``) and returns a new HxW
+    float32 mask in [0, 1].
     An engine may be shared between threads: its backend calls are serialised. For throughput, open
     one engine per thread, or keep ``in_flight`` batches going with ``submit``/``collect``
     (TensorRT overlaps the CPU's work on one batch with the GPU's on the other).
@@ -75,6 +77,9 @@ class U2EdgeEngine:
         elif model is not None:
             raise U2EdgeError(f"give a model file or a model name, not both (got {os.fspath(path)} and "
                               f"model {model!r})")
+        elif is_address(path) and precision in (Precision.INT8, Precision.BF16):
+            raise U2EdgeError(f"{path} runs at the precision of the repository it serves; for {precision.value}, "
+                              f"serve one written by: u2edge triton repo --precision {precision.value}")
         elif precision is Precision.INT8:
             raise U2EdgeError(f"{os.fspath(path)} runs at the precision it was built with; for an INT8 model by "
                               "name drop the file, or build one: u2edge build --precision int8 -o MODEL.onnx")

@@ -55,7 +55,8 @@ def add_engine_option(parser: argparse.ArgumentParser) -> None:
                             "(INT8 on VNNI/AMX, else FP32); fp32: the reference; int8, bf16: ask for those")
     group.add_argument("--engine", metavar="PATH",
                        help="a model file instead: .engine/.plan (TensorRT), .onnx (OpenVINO or ONNX Runtime) "
-                            "or .pth/.pt (PyTorch), run at its own precision")
+                            "or .pth/.pt (PyTorch), run at its own precision; or a Triton server's model: "
+                            "triton://HOST:8001/u2edge (gRPC), triton+http://HOST:8000/u2edge")
 
 
 def open_engine(args: argparse.Namespace, **options):
