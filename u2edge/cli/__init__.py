@@ -18,7 +18,7 @@ from .options import logging_options, setup_logging
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("image", "video", "camera", "ros", "triton", "export", "build", "eval", "train", "bench", "info")
+COMMANDS = ("image", "video", "camera", "ros", "batch", "triton", "export", "build", "eval", "train", "bench", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

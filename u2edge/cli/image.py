@@ -78,7 +78,9 @@ def plan_outputs(inputs: list[Path], outdir: Path) -> tuple[list[tuple[Path, Pat
     return jobs, problems
 
 
-def run(args: argparse.Namespace) -> int:
+def plan(args: argparse.Namespace) -> tuple[int, Mode, Background | None, Path, list, list[str]]:
+    """What ``u2edge image`` (and ``batch``) will do, checked before any work: the pixel limit, the
+    rendering, the output folder, the (input, output) jobs, and the inputs' problems (each logged)."""
     limit = pixel_limit(args.max_pixels)  # a bad limit is one line before any work
     mode, background = resolve_rendering(args)
     paths, problems = expand_inputs(args.inputs)
@@ -87,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
     problems += unsafe
     for line in problems:
         log.error("%s", line)
+    return limit, mode, background, outdir, jobs, problems
+
+
+def run(args: argparse.Namespace) -> int:
+    limit, mode, background, outdir, jobs, problems = plan(args)
     results, pipeline_stats, total = [], None, 0.0
     if jobs:
         with open_engine(args) as engine:
