@@ -183,6 +183,8 @@ def served(triton_repo, photo_paths, tmp_path_factory) -> tuple[dict, Path]:
         {"name": "timeout", "engine": GRPC, "options": {"timeout": 0.001}, "images": photo_paths[:1]},
         {"name": "not_frames", "engine": GRPC.replace("u2edge", "u2edge_pre")},
         {"name": "http_timeout", "engine": HTTP, "options": {"timeout": 0.001}, "images": photo_paths[:1]},
+        {"name": "bench", "run": ["u2edge", "bench", "--model", "u2netp", "--engine", GRPC, "--no-peers",
+                                  "--images", *photo_paths[:2], "--repeats", 1, "--json-out", tmp / "bench.json"]},
         {"name": "stop", "stop": "server", "signal": "SIGTERM"},
     ]
     return scenario(tmp, steps), tmp
@@ -264,6 +266,19 @@ def test_a_live_pipeline_keeps_two_requests_in_flight(served, photo_paths):
     assert len(counts) == 1, video["stderr"]
     requests, peak = counts[0]
     assert requests == len(photo_paths) and peak >= 2
+
+
+@pytest.mark.slow
+def test_bench_measures_the_servers_model_beside_the_local_rows(served):
+    steps, tmp = served
+    assert steps["bench"]["returncode"] == 0, steps["bench"]["stderr"]
+    rows = {row["name"]: row for row in json.loads((tmp / "bench.json").read_text())["rows"]}
+    served_row = rows[f"u2edge u2netp triton ({GRPC})"]
+    assert served_row["path"] == GRPC and served_row["model_mb"] is None
+    assert served_row["describe"].startswith("triton (GRPC 127.0.0.1:8001")
+    # the repository serves U2-NetP FP32 on the CPU: the reference's masks, to float rounding
+    assert served_row["accuracy"]["min_iou"] > 0.999 and served_row["accuracy"]["mean_mae"] < 1e-3
+    assert served_row["inference"]["images_per_s"] > 0
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def table(result: dict) -> str:
             vs = "".join(f" {row['vs'][k]:8.2f}x" if k in row["vs"] else f" {'':>9}" for k in peers)
             lines.append(f"{row['name']:<46} {inf['p50_ms']:7.1f} {inf['p90_ms']:7.1f} {inf['p99_ms']:7.1f} "
                          f"{inf['images_per_s']:8.2f} {e2e['images_per_s']:8.2f} +-{e2e['spread']:4.2f} "
-                         f"{row['peak_rss_mb']:7.0f} {row['model_mb']:8.1f} {acc['min_iou']:8.4f} "
+                         f"{row['peak_rss_mb']:7.0f} {_megabytes(row['model_mb'])} {acc['min_iou']:8.4f} "
                          f"{acc['mean_mae']:7.4f}{vs}")
             for size, speed in row["batches"].items():
                 lines.append(f"{'  batch ' + size:<46} {'':>7} {'':>7} {'':>7} {speed['images_per_s']:8.2f}")
@@ -84,3 +84,8 @@ def plot(result: dict, path: Path) -> Path:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return write_bytes_atomic(path, buffer.getvalue())
+
+
+def _megabytes(size: float | None) -> str:
+    """A model's size, or a dash for a model on a server."""
+    return f"{size:8.1f}" if size is not None else f"{'-':>8}"

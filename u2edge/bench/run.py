@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import __version__
 from .._deps import available
+from ..backends import is_address
 from ..errors import ImageError, U2EdgeError
 from ..export.cpu_int8 import HELD_OUT_PHOTOS
 from ..images import read_image
@@ -58,6 +59,7 @@ class BenchOptions:
     repeats: int = 5
     batches: tuple[int, ...] = (1,)
     int8_model: Path | None = None  # a user's CPU INT8 .onnx, measured beside its model's rows
+    server: str | None = None  # a model on a Triton server (triton://...), measured beside its model's rows
     rembg_python: Path | None = None
     peers: bool = True
     timeout: float = 600.0
@@ -107,6 +109,9 @@ def configurations(opts: BenchOptions) -> list[Config]:
             configs.append(Config(f"u2edge {model} openvino int8 ({opts.int8_model.name})", "u2edge", model,
                                   str(opts.int8_model), "openvino", "int8"))
         configs += _gpu_configurations(model, opts)
+        if opts.server is not None:  # the model the server serves: the one model measured (the CLI checks)
+            configs.append(Config(f"u2edge {model} triton ({opts.server})", "u2edge", model, opts.server, "triton",
+                                  "server"))
         if opts.peers:
             configs += _peer_configurations(model, opts)
     return configs
@@ -223,14 +228,17 @@ def _row(config: Config, raw: dict) -> dict:
     """One measured row, its masks under ``_masks`` until they are scored."""
     with np.load(raw["masks"]) as data:
         masks = {name: data[name].astype(np.float32) for name in data.files}
-    model_file = Path(raw.get("path") or config.path or default_onnx(config.model))
-    return {**asdict(config), "path": str(model_file), "describe": raw.get("describe", config.name),
+    location = raw.get("path") or config.path
+    model_file = None if is_address(location or "") else Path(location or default_onnx(config.model))
+    return {**asdict(config), "path": location if model_file is None else str(model_file),
+            "describe": raw.get("describe", config.name),
             "inference": _stats(raw["inference"]), "end_to_end": _stats(raw["end_to_end"]),
             "batches": {k: {"images_per_s": statistics.mean(v), "spread": statistics.pstdev(v)}
                         for k, v in raw.get("batches", {}).items()},
             "fixed_batch": raw.get("fixed_batch"),
             "peak_rss_mb": raw["peak_rss_mb"], "gpu_memory_mb": raw.get("gpu_memory_mb"),
-            "model_mb": round(model_file.stat().st_size / 1e6, 2), "_masks": masks}
+            "model_mb": round(model_file.stat().st_size / 1e6, 2) if model_file else None,  # None: on a server
+            "_masks": masks}
 
 
 def score(rows: list[dict]) -> dict[str, str]:

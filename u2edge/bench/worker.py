@@ -37,10 +37,14 @@ def _u2edge(spec: dict, out: dict) -> dict[str, np.ndarray]:
     with engine, tempfile.TemporaryDirectory(prefix="u2edge-bench-") as tmp:
         out["describe"], out["path"] = engine.describe(), str(engine.path)
         frames = [read_image(p) for p in paths]
-        inputs = [preprocess(f, engine.preprocessing)[None] for f in frames]
-        out["inference"] = measure(engine.backend.infer, inputs, spec["repeats"])
-        out["batches"], out["fixed_batch"] = {}, engine.backend.batch_size
-        for size in spec["batches"]:
+        if engine.backend.gpu_frames:  # a backend that takes frames (a server, the GPU frame path): frames in
+            out["inference"] = measure(lambda frame: engine.backend.infer_frames([frame]), frames, spec["repeats"])
+            out["batches"], out["fixed_batch"] = {}, None
+        else:
+            inputs = [preprocess(f, engine.preprocessing)[None] for f in frames]
+            out["inference"] = measure(engine.backend.infer, inputs, spec["repeats"])
+            out["batches"], out["fixed_batch"] = {}, engine.backend.batch_size
+        for size in spec["batches"] if not engine.backend.gpu_frames else ():
             if size == 1 or engine.backend.batch_size not in (None, size):
                 continue  # batch 1 is the row above; a fixed-batch model runs only its own batch
             stacked = np.concatenate([inputs[i % len(inputs)] for i in range(size)])

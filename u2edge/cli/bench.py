@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8-model", metavar="MODEL.onnx",
                         help="also measure this CPU INT8 model (u2edge build --precision int8), beside the rows "
                              "of the model it was built from")
+    parser.add_argument("--engine", metavar="ADDRESS",
+                        help="also measure a model on a Triton server, triton://HOST:PORT/MODEL or triton+http://..., "
+                             "beside the rows of the one --model it serves")
     parser.add_argument("--rembg-python", metavar="PYTHON",
                         help="rembg's own Python (default: the one benchmarks/setup_rembg.sh made)")
     parser.add_argument("--no-peers", action="store_true", help="measure u2edge only, not rembg and PyTorch")
@@ -79,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
         raise U2EdgeError(f"--repeats {args.repeats} must be at least 1")
     if args.int8_model and not Path(args.int8_model).is_file():
         raise U2EdgeError(f"--int8-model {args.int8_model}: no such file")
+    if args.engine:
+        from ..backends import is_address
+
+        if not is_address(args.engine):
+            raise U2EdgeError(f"--engine {args.engine}: bench measures a server's model here "
+                              "(triton://HOST:PORT/MODEL); model files are measured through --int8-model")
+        if len(models) != 1:
+            raise U2EdgeError(f"--engine {args.engine}: name the one model it serves with --model, such as --model "
+                              "u2netp, so that its accuracy is held to that model's reference")
     if args.images:
         images, problems = expand_inputs(args.images)
         if problems:
@@ -90,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
         require("matplotlib")  # fail before the runs, not after them
     opts = BenchOptions(images=images, models=models, repeats=args.repeats, batches=_batches(args.batch),
-                        int8_model=Path(args.int8_model) if args.int8_model else None,
+                        int8_model=Path(args.int8_model) if args.int8_model else None, server=args.engine,
                         rembg_python=Path(args.rembg_python) if args.rembg_python else None, peers=not args.no_peers)
     result = run_bench(opts, progress=lambda name: log.info("measuring %s", name))
     if args.json_out:
