@@ -58,9 +58,11 @@ def ray_ready() -> None:
 
 
 @pytest.fixture(scope="module")
-def scenario(inputs, tmp_path_factory) -> dict:
+def scenario(inputs, reference, tmp_path_factory) -> dict:
     """One run of tests/batch_scenario.py: u2edge batch on a private local Ray with an actor that
-    crashes once; ray start --head on loopback; u2edge batch through --address; ray stop."""
+    crashes once; ray start --head on loopback; u2edge batch through --address; ray stop. After
+    ``reference``: the namespace has no network, so the weights (and the model auto picks) must be
+    in the cache already."""
     ray_ready()
     work = tmp_path_factory.mktemp("batch_scenario")
     batch = [sys.executable, "-m", "u2edge", "batch", str(inputs)]

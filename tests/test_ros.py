@@ -242,11 +242,11 @@ def test_a_node_that_cannot_start_says_why_in_one_line(ros_args, line):
 
 # --- a real node, end to end -----------------------------------------------------------------------------
 
-def test_node_round_trip_matches_u2edge_image(tmp_path, photos, photo_paths):
+def test_node_round_trip_matches_u2edge_image(tmp_path, photos, photo_paths, official_onnx):
     """bgr8, rgb8, rgba8 and mono8 frames (two with padded rows) through a real node give the masks
     ``u2edge image`` writes for the same photos, with their headers; parameters change at run time
     (bad values refused, qos and outputs applied); /diagnostics counts the frames; SIGTERM stops it."""
-    require_ros()
+    require_ros()  # official_onnx: the weights are fetched now, since the namespace has no network
     by_name = {p.name: p for p in photo_paths}
     gray = tmp_path / "coffee_gray.png"
     cv2.imwrite(str(gray), cv2.cvtColor(photos["coffee.png"], cv2.COLOR_BGR2GRAY))
