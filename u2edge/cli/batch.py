@@ -23,8 +23,8 @@ import logging
 import time
 
 from ..batch import DEFAULT_BATCH_SIZE, check_python, run_batch
-from .image import plan
-from .options import add_engine_option, add_json_option, add_max_pixels_option, add_render_options, print_json
+from .image import plan, report
+from .options import add_engine_option, add_json_option, add_max_pixels_option, add_render_options
 from .progress import Progress
 
 log = logging.getLogger("u2edge")
@@ -81,20 +81,10 @@ def run(args: argparse.Namespace) -> int:
         problems.append(stopped)
     problems += [row.error for row in rows if row.error]
     written = [row for row in rows if not row.error]
-    summary = {"written": len(written), "failed": failed, "outdir": str(outdir), "mode": mode.value,
-               "seconds": round(total, 3),
-               "seconds_per_image": round(total / len(written), 4) if written else None,
-               "images": [{"input": row.input, "output": row.output, "height": row.height, "width": row.width,
-                           "seconds": round(row.seconds, 4)} for row in written],
-               "errors": problems,
-               "status": [{"input": row.input, "output": row.output, "status": row.error or "ok", "pid": row.pid}
-                          for row in rows],
-               "ray": None if pool is None else {"address": args.address or "local", "actors": pool.actors,
-                                                 "cpus_per_actor": pool.cpus, "gpus_per_actor": pool.gpus,
-                                                 "batch_size": pool.batch_size}}
-    if args.json:
-        print_json(summary)
-    elif not args.quiet:
-        per = f" ({summary['seconds_per_image'] * 1000:.0f} ms/image)" if written else ""
-        print(f"{len(written)} written to {outdir} in {total:.1f} s{per}, {failed} failed")
-    return 1 if problems else 0
+    images = [{"input": row.input, "output": row.output, "height": row.height, "width": row.width,
+               "seconds": round(row.seconds, 4)} for row in written]
+    status = [{"input": row.input, "output": row.output, "status": row.error or "ok", "pid": row.pid} for row in rows]
+    ray = None if pool is None else {"address": args.address or "local", "actors": pool.actors,
+                                     "cpus_per_actor": pool.cpus, "gpus_per_actor": pool.gpus,
+                                     "batch_size": pool.batch_size}
+    return report(args, outdir, mode, images, problems, total, failed=failed, status=status, ray=ray)

@@ -107,15 +107,24 @@ def run(args: argparse.Namespace) -> int:
                    for (src, out, (height, width)), seconds in zip(sink.files, stats.latencies)]
         pipeline_stats = stats.summary()
         log.debug("stage ms/image: %s", ", ".join(f"{k} {v:.1f}" for k, v in pipeline_stats["stage_ms"].items()))
-    summary = {"written": len(results), "failed": len(problems), "outdir": str(outdir), "mode": mode.value,
+    return report(args, outdir, mode, results, problems, total, pipeline=pipeline_stats)
+
+
+def report(args: argparse.Namespace, outdir: Path, mode: Mode, images: list[dict], problems: list[str],
+           total: float, *, failed: int | None = None, **extra) -> int:
+    """What ``u2edge image`` (and ``batch``) did: JSON with --json, else one line; then the exit code,
+    1 if anything failed. ``failed`` counts the inputs lost (default: one per problem); ``extra`` adds
+    the command's own fields."""
+    failed = len(problems) if failed is None else failed
+    summary = {"written": len(images), "failed": failed, "outdir": str(outdir), "mode": mode.value,
                "seconds": round(total, 3),
-               "seconds_per_image": round(total / len(results), 4) if results else None,
-               "images": results, "errors": problems, "pipeline": pipeline_stats}
+               "seconds_per_image": round(total / len(images), 4) if images else None,
+               "images": images, "errors": problems, **extra}
     if args.json:
         print_json(summary)
     elif not args.quiet:
-        per = f" ({summary['seconds_per_image'] * 1000:.0f} ms/image)" if results else ""
-        print(f"{len(results)} written to {outdir} in {total:.1f} s{per}, {len(problems)} failed")
+        per = f" ({summary['seconds_per_image'] * 1000:.0f} ms/image)" if images else ""
+        print(f"{len(images)} written to {outdir} in {total:.1f} s{per}, {failed} failed")
     return 1 if problems else 0
 
 
